@@ -1,0 +1,93 @@
+# tutti: build, test and demo. `make` builds build/tutti.
+
+SANITIZE ?=
+ifeq ($(SANITIZE),address)
+BUILD ?= build/asan
+SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else ifeq ($(SANITIZE),thread)
+BUILD ?= build/tsan
+SANFLAGS = -fsanitize=thread -fno-omit-frame-pointer
+else
+BUILD ?= build
+SANFLAGS =
+endif
+
+CC ?= cc
+PKGS = libmicrohttpd libnghttp2 libcares jansson libuv
+CFLAGS ?= -O2 -g
+WARN = -Wall -Wextra -Wstrict-prototypes -Wshadow -Wno-unused-parameter -Wno-format-truncation -Werror
+CPPFLAGS += -D_GNU_SOURCE -Igateway -Iclients
+ALL_CFLAGS = -std=c11 $(WARN) $(CFLAGS) $(SANFLAGS) -MMD -MP \
+	$(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -lpthread
+
+CLIENT_SRCS = clients/buf.c clients/errors.c clients/resolver.c \
+	clients/upstream.c clients/h1.c clients/h2.c
+GATEWAY_SRCS = gateway/log.c gateway/config.c gateway/template.c \
+	gateway/router.c gateway/aggregate.c gateway/fanout.c \
+	gateway/server.c gateway/worker.c
+MAIN_SRC = gateway/main.c
+
+LIB_OBJS = $(patsubst %.c,$(BUILD)/obj/%.o,$(CLIENT_SRCS) $(GATEWAY_SRCS))
+MAIN_OBJ = $(BUILD)/obj/$(MAIN_SRC:.c=.o)
+
+UNIT_TESTS = config router template aggregate h1 h2
+UNIT_BINS = $(patsubst %,$(BUILD)/tests/%_test,$(UNIT_TESTS))
+
+FIXTURE_SRCS = tests/fixture/faultd.c
+FIXTURE = $(BUILD)/faultd
+
+.PHONY: all
+all: $(BUILD)/tutti
+
+$(BUILD)/tutti: $(LIB_OBJS) $(MAIN_OBJ)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/%_test: $(BUILD)/obj/tests/unit/%_test.o $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS) -lcmocka
+
+$(FIXTURE): $(patsubst %.c,$(BUILD)/obj/%.o,$(FIXTURE_SRCS)) $(BUILD)/obj/clients/buf.o $(BUILD)/obj/clients/errors.o
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
+
+.PHONY: unit-bins fixture
+unit-bins: $(UNIT_BINS)
+fixture: $(FIXTURE)
+
+# Packages, demo and test suite. `make test` builds three trees (plain,
+# ASan+UBSan, TSan) and then runs tests/run.sh over them.
+JOBS ?= $(shell nproc 2>/dev/null || echo 1)
+SUBMAKE = $(MAKE) --no-print-directory -j$(JOBS)
+
+.PHONY: deps run test format-check
+deps:
+	bash tests/deps.sh
+
+run: deps
+	$(SUBMAKE) all
+	TUTTI_BIN=$(BUILD)/tutti bash demo/run.sh
+
+test: deps
+	$(SUBMAKE) SANITIZE= BUILD=build all fixture unit-bins
+	$(SUBMAKE) SANITIZE=address BUILD=build/asan all fixture unit-bins
+	$(SUBMAKE) SANITIZE=thread BUILD=build/tsan all fixture
+	bash tests/run.sh
+
+FORMAT_SRCS = $(shell find gateway clients tests -name '*.[ch]' 2>/dev/null)
+format-check:
+	@if [ -z "$(FORMAT_SRCS)" ]; then \
+		echo "format-check: no C files found"; \
+	else \
+		echo "clang-format --dry-run -Werror <$(words $(FORMAT_SRCS)) files>"; \
+		clang-format --dry-run -Werror $(FORMAT_SRCS); \
+	fi
+
+.PHONY: clean
+clean:
+	rm -rf build
+
+-include $(shell find build -name '*.d' 2>/dev/null)

@@ -1,0 +1,21 @@
+/* Growable byte buffer used by the clients and the gateway. */
+#ifndef TUTTI_BUF_H
+#define TUTTI_BUF_H
+
+#include <stddef.h>
+
+typedef struct buf_s {
+    char *data;
+    size_t len;
+    size_t cap;
+} buf_t;
+
+/* Appends |n| bytes; keeps data NUL-terminated. Returns 0 or TE_NOMEM. */
+int buf_append(buf_t *b, const void *p, size_t n);
+int buf_appendf(buf_t *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+int buf_append_str(buf_t *b, const char *s);
+void buf_reset(buf_t *b);
+void buf_free(buf_t *b);
+
+#endif

@@ -1,0 +1,35 @@
+/* HTTP/1.1 client: a keep-alive connection pool to one endpoint, responses
+ * parsed with libhttp-parser. One request in flight per connection, no
+ * pipelining. All functions run on the owning loop's thread. */
+#ifndef TUTTI_H1_H
+#define TUTTI_H1_H
+
+#include <sys/socket.h>
+#include <uv.h>
+
+#include "upcall.h"
+
+typedef struct h1_pool_s h1_pool_t;
+
+/* Creates a pool for the endpoint |addr| (copied). Returns NULL on
+ * allocation failure. */
+h1_pool_t *h1_pool_new(uv_loop_t *loop, const struct sockaddr *addr);
+
+/* Starts |call| on an idle connection, or on a new one. Returns 0, after
+ * which on_done follows exactly once unless h1_pool_cancel is called; or a
+ * negative TE_* code, in which case on_done is never called. */
+int h1_pool_submit(h1_pool_t *pool, upcall_t *call);
+
+/* Cancels a submitted call that has not completed: its connection is
+ * closed (never returned to the pool) and on_done is not called. */
+void h1_pool_cancel(h1_pool_t *pool, upcall_t *call);
+
+/* Number of open connections (connecting, busy and idle). */
+size_t h1_pool_connections(const h1_pool_t *pool);
+
+/* Closes every connection and frees the pool once their handles are
+ * closed. Calls still running are failed with TE_CANCELLED first (their
+ * on_done is not called). */
+void h1_pool_close(h1_pool_t *pool);
+
+#endif

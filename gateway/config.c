@@ -1,0 +1,1464 @@
+/* Configuration loading: JSON text to a validated config_t. Every problem
+ * is collected, with the JSON path of the bad value, before the caller
+ * sees any result, so one run shows the user all the fixes to make. */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "buf.h"
+#include "errors.h"
+#include "router.h"
+
+#define DEFAULT_LISTEN_HOST "127.0.0.1"
+#define DEFAULT_LISTEN_PORT 8080
+#define DEFAULT_MAX_REQUEST_BODY (1024 * 1024)
+#define DEFAULT_MAX_RESPONSE_BODY (8 * 1024 * 1024)
+#define DEFAULT_SHUTDOWN_GRACE_MS 25000
+#define DEFAULT_DEADLINE_MS 1000
+
+#define TEMPLATE_ERR_MAX 512
+
+#define URL_EXPECTED "expected http://HOST[:PORT] or h2c://HOST[:PORT]"
+#define LISTEN_EXPECTED                                                        \
+    "expected HOST:PORT, where HOST is an IPv4 address, localhost or [IPv6]"
+#define DNS_EXPECTED                                                           \
+    "expected IP or IP:PORT, with an IPv6 address in brackets as in "          \
+    "[::1]:53"
+
+static const char *const ROOT_KEYS[] = {
+    "listen",
+    "services",
+    "routes",
+    "resolver",
+    "max_request_body_bytes",
+    "max_response_body_bytes",
+    "shutdown_grace_ms",
+};
+static const char *const RESOLVER_KEYS[] = {"servers"};
+static const char *const SERVICE_KEYS[] = {"url", "timeout_ms"};
+static const char *const ROUTE_KEYS[] = {"method", "path", "deadline_ms",
+                                         "calls"};
+static const char *const CALL_KEYS[] = {
+    "name",       "service",  "path",         "method",
+    "timeout_ms", "required", "forward_body",
+};
+
+#define NKEYS(a) (sizeof(a) / sizeof((a)[0]))
+
+/* State of one parse: where messages go and the strings made for them. */
+typedef struct parse_ctx_s {
+    const char *file;
+    config_errors_t *errs;
+    size_t problems;
+    bool nomem;
+    bool services_known; /* "services" was an object, so names can be
+                          * checked against it */
+    char **scratch;      /* escaped copies of values quoted in messages */
+    size_t nscratch;
+} parse_ctx_t;
+
+
+static int errors_add(config_errors_t *errs, char *line)
+{
+    char **lines = realloc(errs->lines, (errs->count + 1) * sizeof(*lines));
+    if (lines == NULL) {
+        free(line);
+        return TE_NOMEM;
+    }
+    errs->lines = lines;
+    errs->lines[errs->count++] = line;
+    return 0;
+}
+
+
+/* Records one problem as "FILE: PATH: message". A NULL |path| stands for
+ * the document root. */
+static void report(parse_ctx_t *ctx, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void report(parse_ctx_t *ctx, const char *path, const char *fmt, ...)
+{
+    buf_t line = {0};
+    va_list ap;
+
+    ctx->problems++;
+    if (ctx->errs == NULL) {
+        return;
+    }
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        ctx->nomem = true;
+        return;
+    }
+    char *msg = malloc((size_t)n + 1);
+    if (msg == NULL) {
+        ctx->nomem = true;
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(msg, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+
+    int rc = buf_appendf(&line, "%s: %s: %s", ctx->file,
+                         path != NULL ? path : "(root)", msg);
+    free(msg);
+    if (rc != 0 || errors_add(ctx->errs, line.data) != 0) {
+        if (rc != 0) {
+            buf_free(&line);
+        }
+        ctx->nomem = true;
+    }
+}
+
+
+/* Returns |s| escaped for a one-line message (and in double quotes when
+ * |quoted|). The copy lives until the parse ends. */
+static const char *esc(parse_ctx_t *ctx, const char *s, bool quoted)
+{
+    buf_t b = {0};
+    int rc = quoted ? buf_append(&b, "\"", 1) : 0;
+
+    for (const char *p = s; *p != '\0' && rc == 0; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"' || c == '\\') {
+            rc = buf_appendf(&b, "\\%c", c);
+        } else if (c < 0x20 || c == 0x7f) {
+            rc = buf_appendf(&b, "\\x%02X", c);
+        } else {
+            rc = buf_append(&b, p, 1);
+        }
+    }
+    if (rc == 0 && quoted) {
+        rc = buf_append(&b, "\"", 1);
+    }
+    if (rc == 0 && b.data == NULL) {
+        rc = buf_append(&b, "", 0);
+    }
+    char **list = NULL;
+    if (rc == 0) {
+        list = realloc(ctx->scratch, (ctx->nscratch + 1) * sizeof(*list));
+    }
+    if (list == NULL) {
+        buf_free(&b);
+        ctx->nomem = true;
+        return quoted ? "\"?\"" : "?";
+    }
+    ctx->scratch = list;
+    ctx->scratch[ctx->nscratch++] = b.data;
+    return b.data;
+}
+
+
+static const char *json_kind(const json_t *v)
+{
+    switch (json_typeof(v)) {
+    case JSON_OBJECT:
+        return "object";
+    case JSON_ARRAY:
+        return "array";
+    case JSON_STRING:
+        return "string";
+    case JSON_INTEGER:
+        return "integer";
+    case JSON_REAL:
+        return "real";
+    case JSON_TRUE:
+    case JSON_FALSE:
+        return "boolean";
+    case JSON_NULL:
+        return "null";
+    default:
+        return "unknown";
+    }
+}
+
+
+/* Formats a JSON path or message fragment that lives until the parse
+ * ends. */
+static const char *scratch_printf(parse_ctx_t *ctx, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static const char *scratch_printf(parse_ctx_t *ctx, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    char *s = NULL;
+    int n = vasprintf(&s, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        ctx->nomem = true;
+        return "?";
+    }
+    char **list = realloc(ctx->scratch, (ctx->nscratch + 1) * sizeof(*list));
+    if (list == NULL) {
+        free(s);
+        ctx->nomem = true;
+        return "?";
+    }
+    ctx->scratch = list;
+    ctx->scratch[ctx->nscratch++] = s;
+    return s;
+}
+
+
+/* Returns the path of |key| inside the value at |parent| (NULL: root). */
+static const char *path_key(parse_ctx_t *ctx, const char *parent,
+                            const char *key)
+{
+    if (parent == NULL) {
+        return scratch_printf(ctx, "%s", key);
+    }
+    return scratch_printf(ctx, "%s.%s", parent, key);
+}
+
+
+static char *dup_string(parse_ctx_t *ctx, const char *s)
+{
+    char *copy = strdup(s);
+    if (copy == NULL) {
+        ctx->nomem = true;
+    }
+    return copy;
+}
+
+
+static void check_keys(parse_ctx_t *ctx, json_t *obj, const char *path,
+                       const char *const *allowed, size_t nallowed)
+{
+    const char *key;
+    json_t *value;
+
+    json_object_foreach(obj, key, value)
+    {
+        bool known = false;
+        for (size_t i = 0; i < nallowed && !known; i++) {
+            known = strcmp(key, allowed[i]) == 0;
+        }
+        if (known) {
+            continue;
+        }
+        buf_t list = {0};
+        for (size_t i = 0; i < nallowed; i++) {
+            if (buf_appendf(&list, "%s%s", i == 0 ? "" : ", ", allowed[i]) !=
+                0) {
+                ctx->nomem = true;
+            }
+        }
+        const char *kpath = path_key(ctx, path, esc(ctx, key, false));
+        report(ctx, kpath, "unknown key; expected one of %s",
+               list.data != NULL ? list.data : "");
+        buf_free(&list);
+    }
+}
+
+
+/* Looks up |key| in |obj|. Returns the value, or NULL after reporting a
+ * missing key when |required|. */
+static json_t *get_key(parse_ctx_t *ctx, json_t *obj, const char *path,
+                       const char *key, bool required)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL && required) {
+        report(ctx, path, "missing key \"%s\"", key);
+    }
+    return v;
+}
+
+
+/* Fetches a string member. Returns NULL when it is absent or invalid
+ * (reporting it when invalid, or when missing and |required|). */
+static const char *get_string(parse_ctx_t *ctx, json_t *obj, const char *path,
+                              const char *key, bool required)
+{
+    json_t *v = get_key(ctx, obj, path, key, required);
+    if (v == NULL) {
+        return NULL;
+    }
+    if (!json_is_string(v)) {
+        const char *kpath = path_key(ctx, path, key);
+        report(ctx, kpath, "expected a string, got %s", json_kind(v));
+        return NULL;
+    }
+    return json_string_value(v);
+}
+
+
+/* Fetches an optional integer member that must be at least |min| (0 or
+ * 1). Leaves |*out| unchanged when the key is absent or invalid. */
+static void get_int(parse_ctx_t *ctx, json_t *obj, const char *path,
+                    const char *key, int64_t min, int64_t *out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL) {
+        return;
+    }
+    const char *expected = min > 0 ? "a positive" : "a non-negative";
+    const char *kpath = path_key(ctx, path, key);
+    if (!json_is_integer(v)) {
+        report(ctx, kpath, "expected %s integer, got %s", expected,
+               json_kind(v));
+        return;
+    }
+    json_int_t n = json_integer_value(v);
+    if (n < min) {
+        report(ctx, kpath, "expected %s integer, got %lld", expected,
+               (long long)n);
+        return;
+    }
+    *out = (int64_t)n;
+}
+
+
+static void get_bool(parse_ctx_t *ctx, json_t *obj, const char *path,
+                     const char *key, bool *out)
+{
+    json_t *v = json_object_get(obj, key);
+    if (v == NULL) {
+        return;
+    }
+    if (!json_is_boolean(v)) {
+        const char *kpath = path_key(ctx, path, key);
+        report(ctx, kpath, "expected a boolean, got %s", json_kind(v));
+        return;
+    }
+    *out = json_is_true(v);
+}
+
+
+/* Checks that |v| (at |path|) is an object, and reports it when not. */
+static bool expect_object(parse_ctx_t *ctx, json_t *v, const char *path)
+{
+    if (json_is_object(v)) {
+        return true;
+    }
+    report(ctx, path, "expected an object, got %s", json_kind(v));
+    return false;
+}
+
+
+static bool expect_array(parse_ctx_t *ctx, json_t *v, const char *path)
+{
+    if (json_is_array(v)) {
+        return true;
+    }
+    report(ctx, path, "expected an array, got %s", json_kind(v));
+    return false;
+}
+
+
+/* An HTTP method: a token (letters, digits and the punctuation HTTP allows
+ * in tokens) in upper case, because methods compare case-sensitively. */
+static bool is_method(const char *s)
+{
+    static const char tchar_punct[] = "!#$%&'*+-.^_`|~";
+
+    if (s[0] == '\0') {
+        return false;
+    }
+    for (const char *p = s; *p != '\0'; p++) {
+        char c = *p;
+        bool ok = (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  strchr(tchar_punct, c) != NULL;
+        if (!ok) {
+            return false;
+        }
+    }
+    return true;
+}
+
+
+/* Checks that every byte of |s| is a letter, a digit or one of |extra|. */
+static bool is_name(const char *s, const char *extra)
+{
+    if (s[0] == '\0') {
+        return false;
+    }
+    for (const char *p = s; *p != '\0'; p++) {
+        char c = *p;
+        bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+                  (c >= '0' && c <= '9') || strchr(extra, c) != NULL;
+        if (!ok) {
+            return false;
+        }
+    }
+    return true;
+}
+
+
+static bool is_param_name(const char *s, size_t len)
+{
+    if (len == 0) {
+        return false;
+    }
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        bool alpha = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+        bool digit = c >= '0' && c <= '9';
+        if (!alpha && c != '_' && !(digit && i > 0)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+
+/* Parses a decimal port of |len| bytes. Returns 0, -1 when it is not a
+ * number, or -2 when it is outside 1..65535. */
+static int parse_port(const char *s, size_t len, uint16_t *out)
+{
+    if (len == 0) {
+        return -1;
+    }
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9') {
+            return -1;
+        }
+    }
+    if (len > 5) {
+        return -2;
+    }
+    char digits[6];
+    memcpy(digits, s, len);
+    digits[len] = '\0';
+    long port = strtol(digits, NULL, 10);
+    if (port < 1 || port > 65535) {
+        return -2;
+    }
+    *out = (uint16_t)port;
+    return 0;
+}
+
+
+static bool is_ipv4(const char *s, size_t len)
+{
+    char text[INET_ADDRSTRLEN];
+    struct in_addr addr;
+
+    if (len >= sizeof(text)) {
+        return false;
+    }
+    memcpy(text, s, len);
+    text[len] = '\0';
+    return inet_pton(AF_INET, text, &addr) == 1;
+}
+
+
+static bool is_ipv6(const char *s, size_t len)
+{
+    char text[INET6_ADDRSTRLEN];
+    struct in6_addr addr;
+
+    if (len >= sizeof(text)) {
+        return false;
+    }
+    memcpy(text, s, len);
+    text[len] = '\0';
+    return inet_pton(AF_INET6, text, &addr) == 1;
+}
+
+
+/* A DNS host name: dot-separated labels of letters, digits, "-" and "_",
+ * each at most 63 bytes long. */
+static bool is_host_name(const char *s, size_t len)
+{
+    size_t label = 0;
+    bool all_numeric = true;
+
+    if (len == 0 || len > 253) {
+        return false;
+    }
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (c == '.') {
+            if (label == 0) {
+                return false;
+            }
+            label = 0;
+            continue;
+        }
+        bool alpha = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+        bool digit = c >= '0' && c <= '9';
+        if (!alpha && !digit && c != '-' && c != '_') {
+            return false;
+        }
+        if (!digit) {
+            all_numeric = false;
+        }
+        if (++label > 63) {
+            return false;
+        }
+    }
+    /* "1.2.3.400" would otherwise pass as a name and fail only at
+     * resolution time. */
+    return label > 0 && !all_numeric;
+}
+
+
+/* The parts of "HOST[:PORT]" or "[V6][:PORT]", pointing into the input. */
+typedef struct hostport_s {
+    const char *host;
+    size_t host_len;
+    bool bracketed;
+    const char *port; /* NULL when absent */
+    size_t port_len;
+} hostport_t;
+
+/* Splits "HOST[:PORT]" or "[V6][:PORT]" into the host without brackets
+ * and the port text. Returns false when the shape is wrong. */
+static bool split_hostport(const char *s, size_t len, hostport_t *hp)
+{
+    const char *end = s + len;
+    const char *after;
+
+    memset(hp, 0, sizeof(*hp));
+    if (len > 0 && s[0] == '[') {
+        const char *close = memchr(s, ']', len);
+        if (close == NULL) {
+            return false;
+        }
+        hp->host = s + 1;
+        hp->host_len = (size_t)(close - s - 1);
+        hp->bracketed = true;
+        after = close + 1;
+    } else {
+        const char *colon = memchr(s, ':', len);
+        hp->host = s;
+        hp->host_len = colon != NULL ? (size_t)(colon - s) : len;
+        after = s + hp->host_len;
+    }
+    if (after == end) {
+        return true;
+    }
+    if (*after != ':') {
+        return false;
+    }
+    hp->port = after + 1;
+    hp->port_len = (size_t)(end - hp->port);
+    return true;
+}
+
+
+/* Copies |len| bytes of |s| into a new string. */
+static char *dup_len(parse_ctx_t *ctx, const char *s, size_t len)
+{
+    char *copy = strndup(s, len);
+    if (copy == NULL) {
+        ctx->nomem = true;
+    }
+    return copy;
+}
+
+
+static void parse_listen(parse_ctx_t *ctx, json_t *root, config_t *cfg)
+{
+    const char *s = get_string(ctx, root, NULL, "listen", false);
+    if (s == NULL) {
+        return;
+    }
+    hostport_t hp;
+    uint16_t port = 0;
+    bool ok = split_hostport(s, strlen(s), &hp) && hp.port != NULL;
+    if (ok) {
+        if (hp.bracketed) {
+            ok = is_ipv6(hp.host, hp.host_len);
+        } else {
+            ok = (hp.host_len == 9 && memcmp(hp.host, "localhost", 9) == 0) ||
+                 is_ipv4(hp.host, hp.host_len);
+        }
+    }
+    if (!ok) {
+        report(ctx, "listen", "invalid address %s: " LISTEN_EXPECTED,
+               esc(ctx, s, true));
+        return;
+    }
+    int rc = parse_port(hp.port, hp.port_len, &port);
+    if (rc != 0) {
+        report(ctx, "listen", "invalid address %s: " LISTEN_EXPECTED "; %s",
+               esc(ctx, s, true),
+               rc == -2 ? "the port is out of range (1-65535)"
+                        : "the port must be a decimal number");
+        return;
+    }
+    char *host = dup_len(ctx, hp.host, hp.host_len);
+    if (host == NULL) {
+        return;
+    }
+    free(cfg->listen_host);
+    cfg->listen_host = host;
+    cfg->listen_port = port;
+}
+
+
+/* Checks one resolver address and appends it to |csv| in the form
+ * c-ares accepts. */
+static void parse_dns_server(parse_ctx_t *ctx, const char *path, const char *s,
+                             buf_t *csv)
+{
+    size_t len = strlen(s);
+    hostport_t hp;
+    uint16_t port;
+    bool bare_ipv6 = is_ipv6(s, len);
+    bool ok = bare_ipv6 || split_hostport(s, len, &hp);
+
+    if (ok && !bare_ipv6) {
+        ok = hp.bracketed ? is_ipv6(hp.host, hp.host_len)
+                          : is_ipv4(hp.host, hp.host_len);
+    }
+    if (!ok) {
+        report(ctx, path, "invalid DNS server %s: " DNS_EXPECTED,
+               esc(ctx, s, true));
+        return;
+    }
+    if (!bare_ipv6 && hp.port != NULL) {
+        int rc = parse_port(hp.port, hp.port_len, &port);
+        if (rc != 0) {
+            report(ctx, path, "invalid DNS server %s: " DNS_EXPECTED "; %s",
+                   esc(ctx, s, true),
+                   rc == -2 ? "the port is out of range (1-65535)"
+                            : "the port must be a decimal number");
+            return;
+        }
+    }
+    const char *sep = csv->len > 0 ? "," : "";
+    int rc = bare_ipv6 ? buf_appendf(csv, "%s[%s]", sep, s)
+                       : buf_appendf(csv, "%s%s", sep, s);
+    if (rc != 0) {
+        ctx->nomem = true;
+    }
+}
+
+
+static void parse_resolver(parse_ctx_t *ctx, json_t *root, config_t *cfg)
+{
+    json_t *res = json_object_get(root, "resolver");
+    if (res == NULL || !expect_object(ctx, res, "resolver")) {
+        return;
+    }
+    check_keys(ctx, res, "resolver", RESOLVER_KEYS, NKEYS(RESOLVER_KEYS));
+    json_t *servers = get_key(ctx, res, "resolver", "servers", true);
+    if (servers == NULL || !expect_array(ctx, servers, "resolver.servers")) {
+        return;
+    }
+    if (json_array_size(servers) == 0) {
+        report(ctx, "resolver.servers", "must not be empty");
+        return;
+    }
+
+    buf_t csv = {0};
+    size_t i;
+    json_t *v;
+    json_array_foreach(servers, i, v)
+    {
+        const char *path = scratch_printf(ctx, "resolver.servers[%zu]", i);
+        if (!json_is_string(v)) {
+            report(ctx, path, "expected a string, got %s", json_kind(v));
+            continue;
+        }
+        parse_dns_server(ctx, path, json_string_value(v), &csv);
+    }
+    cfg->resolver_servers = csv.data;
+}
+
+
+/* Reports an invalid service URL, with |reason| after a semicolon when
+ * it is not NULL. */
+static void report_url(parse_ctx_t *ctx, const char *path, const char *url,
+                       const char *reason)
+{
+    if (reason == NULL) {
+        report(ctx, path, "invalid URL %s: " URL_EXPECTED, esc(ctx, url, true));
+    } else {
+        report(ctx, path, "invalid URL %s: " URL_EXPECTED "; %s",
+               esc(ctx, url, true), reason);
+    }
+}
+
+
+/* Checks the host of a service URL. Returns NULL, or the reason it is
+ * invalid. */
+static const char *check_url_host(const hostport_t *hp)
+{
+    if (hp->host_len == 0) {
+        return "the host is missing";
+    }
+    if (hp->bracketed) {
+        return is_ipv6(hp->host, hp->host_len)
+                   ? NULL
+                   : "the host in brackets is not an IPv6 address";
+    }
+    if (is_ipv4(hp->host, hp->host_len) ||
+        is_host_name(hp->host, hp->host_len)) {
+        return NULL;
+    }
+    return "the host is not a valid host name or IPv4 address";
+}
+
+
+static void parse_url(parse_ctx_t *ctx, const char *path, const char *url,
+                      service_t *svc)
+{
+    const char *rest;
+    char reason[128];
+
+    if (strncmp(url, "http://", 7) == 0) {
+        svc->scheme = SCHEME_HTTP;
+        rest = url + 7;
+    } else if (strncmp(url, "h2c://", 6) == 0) {
+        svc->scheme = SCHEME_H2C;
+        rest = url + 6;
+    } else {
+        report_url(ctx, path, url, NULL);
+        return;
+    }
+
+    size_t auth_len = strcspn(rest, "/?#");
+    const char *tail = rest + auth_len;
+    if (strchr(tail, '#') != NULL) {
+        report_url(ctx, path, url, "a fragment is not allowed");
+        return;
+    }
+    if (strchr(tail, '?') != NULL) {
+        report_url(ctx, path, url, "a query is not allowed");
+        return;
+    }
+    if (memchr(rest, '@', auth_len) != NULL) {
+        report_url(ctx, path, url, "userinfo is not allowed");
+        return;
+    }
+    if (tail[0] != '\0' && strcmp(tail, "/") != 0) {
+        report_url(ctx, path, url, "a path other than \"/\" is not allowed");
+        return;
+    }
+
+    hostport_t hp;
+    if (!split_hostport(rest, auth_len, &hp)) {
+        report_url(ctx, path, url, NULL);
+        return;
+    }
+    const char *bad_host = check_url_host(&hp);
+    if (bad_host != NULL) {
+        report_url(ctx, path, url, bad_host);
+        return;
+    }
+    uint16_t port = 80;
+    if (hp.port != NULL) {
+        int rc = parse_port(hp.port, hp.port_len, &port);
+        if (rc == -1) {
+            report_url(ctx, path, url, "the port must be a decimal number");
+            return;
+        }
+        if (rc == -2) {
+            snprintf(reason, sizeof(reason), "port %.*s is out of range",
+                     (int)hp.port_len, hp.port);
+            report_url(ctx, path, url, reason);
+            return;
+        }
+    }
+
+    svc->port = port;
+    svc->host = dup_len(ctx, hp.host, hp.host_len);
+    /* The authority keeps the brackets of an IPv6 host, as written. */
+    size_t written = hp.bracketed ? hp.host_len + 2 : hp.host_len;
+    const char *start = hp.bracketed ? hp.host - 1 : hp.host;
+    buf_t auth = {0};
+    int rc = buf_appendf(&auth, "%.*s:%u", (int)written, start, (unsigned)port);
+    if (rc != 0) {
+        ctx->nomem = true;
+    }
+    svc->authority = auth.data;
+}
+
+
+static void parse_service(parse_ctx_t *ctx, const char *name, json_t *v,
+                          service_t *svc)
+{
+    const char *path = path_key(ctx, "services", esc(ctx, name, false));
+
+    svc->name = dup_string(ctx, name);
+    svc->timeout_ms = -1;
+    if (!is_name(name, "_.-")) {
+        report(ctx, path,
+               "invalid service name %s: use only letters, digits, \"_\", "
+               "\".\" and \"-\"",
+               esc(ctx, name, true));
+    }
+    if (!expect_object(ctx, v, path)) {
+        return;
+    }
+    check_keys(ctx, v, path, SERVICE_KEYS, NKEYS(SERVICE_KEYS));
+
+    const char *url = get_string(ctx, v, path, "url", true);
+    if (url != NULL) {
+        const char *upath = path_key(ctx, path, "url");
+        svc->url = dup_string(ctx, url);
+        parse_url(ctx, upath, url, svc);
+    }
+    get_int(ctx, v, path, "timeout_ms", 1, &svc->timeout_ms);
+}
+
+
+static void parse_services(parse_ctx_t *ctx, json_t *root, config_t *cfg)
+{
+    json_t *services = get_key(ctx, root, NULL, "services", true);
+    if (services == NULL || !expect_object(ctx, services, "services")) {
+        return;
+    }
+    ctx->services_known = true;
+    size_t n = json_object_size(services);
+    if (n == 0) {
+        report(ctx, "services", "must not be empty");
+        return;
+    }
+    cfg->services = calloc(n, sizeof(*cfg->services));
+    if (cfg->services == NULL) {
+        ctx->nomem = true;
+        return;
+    }
+
+    const char *name;
+    json_t *v;
+    json_object_foreach(services, name, v)
+    {
+        service_t *svc = &cfg->services[cfg->nservices];
+        svc->index = cfg->nservices;
+        cfg->nservices++;
+        parse_service(ctx, name, v, svc);
+    }
+}
+
+
+/* Reports a bad route path, quoting it before the reason. */
+static void report_path(parse_ctx_t *ctx, const char *path, const char *text,
+                        const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void report_path(parse_ctx_t *ctx, const char *path, const char *text,
+                        const char *fmt, ...)
+{
+    va_list ap;
+    char *reason = NULL;
+
+    va_start(ap, fmt);
+    int n = vasprintf(&reason, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        ctx->nomem = true;
+        ctx->problems++;
+        return;
+    }
+    report(ctx, path, "invalid path %s: %s", esc(ctx, text, true), reason);
+    free(reason);
+}
+
+
+/* Adds one segment of a route path. Returns false after reporting a
+ * problem. */
+static bool add_route_seg(parse_ctx_t *ctx, const char *path, const char *text,
+                          const char *seg, size_t len, route_t *r)
+{
+    route_seg_t *rs = &r->segs[r->nsegs];
+    char *seg_text = dup_len(ctx, seg, len);
+    if (seg_text == NULL) {
+        return false;
+    }
+
+    bool ok = false;
+    if (len >= 2 && seg[0] == '{' && seg[len - 1] == '}') {
+        ok = true;
+        char *name = seg_text + 1;
+        size_t name_len = len - 2;
+        name[name_len] = '\0';
+        if (!is_param_name(name, name_len)) {
+            report_path(ctx, path, text,
+                        "invalid parameter name %s: use a letter or \"_\" "
+                        "followed by letters, digits or \"_\"",
+                        esc(ctx, name, true));
+            ok = false;
+        }
+        for (size_t i = 0; ok && i < r->nparams; i++) {
+            if (strcmp(r->params[i], name) == 0) {
+                const char *braced = scratch_printf(ctx, "{%s}", name);
+                report_path(ctx, path, text, "parameter %s is used twice",
+                            esc(ctx, braced, true));
+                ok = false;
+            }
+        }
+        if (ok && r->nparams == ROUTER_MAX_PARAMS) {
+            report_path(ctx, path, text, "more than %d parameters",
+                        ROUTER_MAX_PARAMS);
+            ok = false;
+        }
+        if (ok) {
+            memmove(seg_text, name, name_len + 1);
+            rs->literal = NULL;
+            rs->param_index = (int)r->nparams;
+            r->params[r->nparams++] = seg_text;
+            r->nsegs++;
+            return true;
+        }
+    } else if (strpbrk(seg_text, "{}") != NULL) {
+        report_path(ctx, path, text,
+                    "segment %s must be literal text or a whole {name} "
+                    "parameter",
+                    esc(ctx, seg_text, true));
+    } else if (strpbrk(seg_text, "?#%") != NULL) {
+        report_path(ctx, path, text,
+                    "segment %s contains \"?\", \"#\" or \"%%\", which "
+                    "literal segments must not contain",
+                    esc(ctx, seg_text, true));
+    } else if (strcmp(seg_text, ".") == 0 || strcmp(seg_text, "..") == 0) {
+        /* The router rejects "." and ".." in requests, so such a route
+         * could never match. */
+        report_path(ctx, path, text,
+                    "segment %s can never match because requests with \".\" "
+                    "or \"..\" segments are rejected",
+                    esc(ctx, seg_text, true));
+    } else {
+        rs->literal = seg_text;
+        rs->param_index = -1;
+        r->nsegs++;
+        return true;
+    }
+    free(seg_text);
+    return false;
+}
+
+
+/* Splits a route path into segments and parameter names. Returns false
+ * after reporting a problem. */
+static bool parse_route_path(parse_ctx_t *ctx, const char *path,
+                             const char *text, route_t *r)
+{
+    if (text[0] != '/') {
+        report_path(ctx, path, text, "must start with \"/\"");
+        return false;
+    }
+    if (strcmp(text, "/") == 0) {
+        return true;
+    }
+
+    size_t max = 1;
+    for (const char *p = text + 1; *p != '\0'; p++) {
+        max += *p == '/';
+    }
+    r->segs = calloc(max, sizeof(*r->segs));
+    r->params = calloc(max, sizeof(*r->params));
+    if (r->segs == NULL || r->params == NULL) {
+        ctx->nomem = true;
+        return false;
+    }
+
+    const char *seg = text + 1;
+    for (size_t i = 0; i < max; i++) {
+        size_t len = strcspn(seg, "/");
+        if (len == 0) {
+            report_path(ctx, path, text,
+                        "segment %zu is empty, and only the root path \"/\" "
+                        "may end with \"/\"",
+                        i + 1);
+            return false;
+        }
+        if (!add_route_seg(ctx, path, text, seg, len, r)) {
+            return false;
+        }
+        seg += len + 1;
+    }
+    return true;
+}
+
+
+static const service_t *find_service(const config_t *cfg, const char *name)
+{
+    for (size_t i = 0; i < cfg->nservices; i++) {
+        const char *s = cfg->services[i].name;
+        if (s != NULL && strcmp(s, name) == 0) {
+            return &cfg->services[i];
+        }
+    }
+    return NULL;
+}
+
+
+static void parse_call_name(parse_ctx_t *ctx, const char *path, json_t *v,
+                            route_t *r, call_t *c)
+{
+    const char *name = get_string(ctx, v, path, "name", true);
+    if (name == NULL) {
+        return;
+    }
+    const char *npath = path_key(ctx, path, "name");
+    if (!is_name(name, "_-")) {
+        report(ctx, npath,
+               "invalid call name %s: use only letters, digits, \"_\" and "
+               "\"-\"",
+               esc(ctx, name, true));
+        return;
+    }
+    if (strcmp(name, "errors") == 0) {
+        report(ctx, npath,
+               "\"errors\" is reserved for the error summary; choose another "
+               "call name");
+        return;
+    }
+    for (call_t *prev = r->calls; prev < c; prev++) {
+        if (prev->name != NULL && strcmp(prev->name, name) == 0) {
+            report(ctx, npath, "duplicate call name %s", esc(ctx, name, true));
+            return;
+        }
+    }
+    c->name = dup_string(ctx, name);
+}
+
+
+static void parse_call_method(parse_ctx_t *ctx, const char *path, json_t *v,
+                              call_t *c)
+{
+    const char *method = get_string(ctx, v, path, "method", false);
+
+    if (method == NULL && json_object_get(v, "method") != NULL) {
+        return;
+    }
+    if (method == NULL) {
+        method = "GET";
+    }
+    if (!is_method(method)) {
+        report(ctx, path_key(ctx, path, "method"),
+               "invalid method %s: expected an HTTP token in upper case, "
+               "such as GET or POST",
+               esc(ctx, method, true));
+        return;
+    }
+    c->method = dup_string(ctx, method);
+}
+
+
+/* |path_ok| is false when the route path was invalid: its parameter list
+ * is then unknown, so call templates are not checked against it. */
+static void parse_call(parse_ctx_t *ctx, const config_t *cfg, const char *path,
+                       json_t *v, route_t *r, bool path_ok, call_t *c)
+{
+    c->timeout_ms = -1;
+    c->required = true;
+    c->forward_body = false;
+    if (!expect_object(ctx, v, path)) {
+        return;
+    }
+    check_keys(ctx, v, path, CALL_KEYS, NKEYS(CALL_KEYS));
+    parse_call_name(ctx, path, v, r, c);
+
+    const char *service = get_string(ctx, v, path, "service", true);
+    if (service != NULL && ctx->services_known) {
+        c->service = (service_t *)find_service(cfg, service);
+        if (c->service == NULL) {
+            const char *spath = path_key(ctx, path, "service");
+            report(ctx, spath, "unknown service %s", esc(ctx, service, true));
+        } else {
+            c->timeout_ms = c->service->timeout_ms;
+        }
+    }
+
+    const char *tpl = get_string(ctx, v, path, "path", true);
+    if (tpl != NULL) {
+        c->path_text = dup_string(ctx, tpl);
+    }
+    if (tpl != NULL && path_ok) {
+        char err[TEMPLATE_ERR_MAX];
+        int rc = template_compile(tpl, r->params, r->nparams, &c->path, err,
+                                  sizeof(err));
+        const char *tpath = path_key(ctx, path, "path");
+        if (rc == TE_NOMEM) {
+            ctx->nomem = true;
+        } else if (rc != 0) {
+            report(ctx, tpath, "%s", err);
+        }
+    }
+
+    parse_call_method(ctx, path, v, c);
+    get_int(ctx, v, path, "timeout_ms", 1, &c->timeout_ms);
+    get_bool(ctx, v, path, "required", &c->required);
+    get_bool(ctx, v, path, "forward_body", &c->forward_body);
+}
+
+
+static void parse_route_method(parse_ctx_t *ctx, const char *path, json_t *v,
+                               route_t *r)
+{
+    const char *method = get_string(ctx, v, path, "method", true);
+    if (method == NULL) {
+        return;
+    }
+    if (!is_method(method)) {
+        const char *mpath = path_key(ctx, path, "method");
+        report(ctx, mpath,
+               "invalid method %s: expected an HTTP token in upper case, "
+               "such as GET or POST",
+               esc(ctx, method, true));
+        return;
+    }
+    r->method = dup_string(ctx, method);
+}
+
+
+static void parse_calls(parse_ctx_t *ctx, const config_t *cfg, const char *path,
+                        json_t *v, route_t *r, bool path_ok)
+{
+    const char *cpath = path_key(ctx, path, "calls");
+
+    json_t *calls = get_key(ctx, v, path, "calls", true);
+    if (calls == NULL || !expect_array(ctx, calls, cpath)) {
+        return;
+    }
+    size_t n = json_array_size(calls);
+    if (n == 0) {
+        report(ctx, cpath, "must not be empty");
+        return;
+    }
+    r->calls = calloc(n, sizeof(*r->calls));
+    if (r->calls == NULL) {
+        ctx->nomem = true;
+        return;
+    }
+
+    size_t i;
+    json_t *call;
+    json_array_foreach(calls, i, call)
+    {
+        const char *path_i = scratch_printf(ctx, "%s[%zu]", cpath, i);
+        r->ncalls++;
+        parse_call(ctx, cfg, path_i, call, r, path_ok, &r->calls[i]);
+    }
+}
+
+
+static void parse_route(parse_ctx_t *ctx, const config_t *cfg, const char *path,
+                        json_t *v, route_t *r)
+{
+    r->deadline_ms = DEFAULT_DEADLINE_MS;
+    if (!expect_object(ctx, v, path)) {
+        return;
+    }
+    check_keys(ctx, v, path, ROUTE_KEYS, NKEYS(ROUTE_KEYS));
+    parse_route_method(ctx, path, v, r);
+
+    bool path_ok = false;
+    const char *text = get_string(ctx, v, path, "path", true);
+    if (text != NULL) {
+        const char *ppath = path_key(ctx, path, "path");
+        path_ok = parse_route_path(ctx, ppath, text, r);
+    }
+    if (path_ok) {
+        r->path = dup_string(ctx, text);
+    }
+    get_int(ctx, v, path, "deadline_ms", 1, &r->deadline_ms);
+    parse_calls(ctx, cfg, path, v, r, path_ok);
+}
+
+
+/* Two routes collide when the method and the path shape match, because
+ * parameter names do not change which requests a route matches. */
+static bool same_route(const route_t *a, const route_t *b)
+{
+    if (strcmp(a->method, b->method) != 0 || a->nsegs != b->nsegs) {
+        return false;
+    }
+    for (size_t i = 0; i < a->nsegs; i++) {
+        const char *la = a->segs[i].literal;
+        const char *lb = b->segs[i].literal;
+        if ((la == NULL) != (lb == NULL)) {
+            return false;
+        }
+        if (la != NULL && strcmp(la, lb) != 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
+
+static void check_duplicate_routes(parse_ctx_t *ctx, const config_t *cfg)
+{
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        const route_t *r = &cfg->routes[i];
+        if (r->method == NULL || r->path == NULL) {
+            continue;
+        }
+        for (size_t j = 0; j < i; j++) {
+            const route_t *prev = &cfg->routes[j];
+            if (prev->method == NULL || prev->path == NULL ||
+                !same_route(r, prev)) {
+                continue;
+            }
+            const char *path = scratch_printf(ctx, "routes[%zu]", i);
+            report(ctx, path, "duplicate route %s %s (same as routes[%zu])",
+                   r->method, esc(ctx, r->path, false), j);
+            break;
+        }
+    }
+}
+
+
+static void parse_routes(parse_ctx_t *ctx, json_t *root, config_t *cfg)
+{
+    json_t *routes = get_key(ctx, root, NULL, "routes", true);
+    if (routes == NULL || !expect_array(ctx, routes, "routes")) {
+        return;
+    }
+    size_t n = json_array_size(routes);
+    if (n == 0) {
+        report(ctx, "routes", "must not be empty");
+        return;
+    }
+    cfg->routes = calloc(n, sizeof(*cfg->routes));
+    if (cfg->routes == NULL) {
+        ctx->nomem = true;
+        return;
+    }
+
+    size_t i;
+    json_t *v;
+    json_array_foreach(routes, i, v)
+    {
+        const char *path = scratch_printf(ctx, "routes[%zu]", i);
+        cfg->nroutes++;
+        parse_route(ctx, cfg, path, v, &cfg->routes[i]);
+    }
+    check_duplicate_routes(ctx, cfg);
+}
+
+
+static void parse_limits(parse_ctx_t *ctx, json_t *root, config_t *cfg)
+{
+    int64_t req = DEFAULT_MAX_REQUEST_BODY;
+    int64_t resp = DEFAULT_MAX_RESPONSE_BODY;
+
+    get_int(ctx, root, NULL, "max_request_body_bytes", 1, &req);
+    get_int(ctx, root, NULL, "max_response_body_bytes", 1, &resp);
+    get_int(ctx, root, NULL, "shutdown_grace_ms", 0, &cfg->shutdown_grace_ms);
+    cfg->max_request_body_bytes = (size_t)req;
+    cfg->max_response_body_bytes = (size_t)resp;
+}
+
+
+static config_t *config_new(parse_ctx_t *ctx, const char *file)
+{
+    config_t *cfg = calloc(1, sizeof(*cfg));
+    if (cfg == NULL) {
+        ctx->nomem = true;
+        return NULL;
+    }
+    cfg->file = dup_string(ctx, file);
+    cfg->listen_host = dup_string(ctx, DEFAULT_LISTEN_HOST);
+    cfg->listen_port = DEFAULT_LISTEN_PORT;
+    cfg->max_request_body_bytes = DEFAULT_MAX_REQUEST_BODY;
+    cfg->max_response_body_bytes = DEFAULT_MAX_RESPONSE_BODY;
+    cfg->shutdown_grace_ms = DEFAULT_SHUTDOWN_GRACE_MS;
+    return cfg;
+}
+
+
+static void parse_root(parse_ctx_t *ctx, json_t *root, config_t *cfg)
+{
+    check_keys(ctx, root, NULL, ROOT_KEYS, NKEYS(ROOT_KEYS));
+    parse_listen(ctx, root, cfg);
+    parse_limits(ctx, root, cfg);
+    parse_resolver(ctx, root, cfg);
+    parse_services(ctx, root, cfg);
+    parse_routes(ctx, root, cfg);
+}
+
+
+int config_parse(const char *file, const char *text, size_t len, config_t **out,
+                 config_errors_t *errs)
+{
+    parse_ctx_t ctx = {.file = file, .errs = errs};
+    json_error_t jerr;
+    config_t *cfg = NULL;
+
+    *out = NULL;
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (root == NULL) {
+        buf_t line = {0};
+        if (buf_appendf(&line, "%s:%d:%d: invalid JSON: %s", file, jerr.line,
+                        jerr.column, jerr.text) != 0) {
+            return TE_NOMEM;
+        }
+        if (errs == NULL) {
+            buf_free(&line);
+            return TE_INVALID;
+        }
+        return errors_add(errs, line.data) == 0 ? TE_INVALID : TE_NOMEM;
+    }
+
+    if (expect_object(&ctx, root, NULL)) {
+        cfg = config_new(&ctx, file);
+    }
+    if (cfg != NULL) {
+        parse_root(&ctx, root, cfg);
+    }
+    json_decref(root);
+    for (size_t i = 0; i < ctx.nscratch; i++) {
+        free(ctx.scratch[i]);
+    }
+    free(ctx.scratch);
+
+    if (ctx.nomem || ctx.problems > 0) {
+        config_free(cfg);
+        return ctx.nomem ? TE_NOMEM : TE_INVALID;
+    }
+    *out = cfg;
+    return 0;
+}
+
+
+/* Returns the text for |err| with either strerror_r variant. */
+static const char *errno_text(int err, char *buf, size_t len)
+{
+#if defined(__GLIBC__) && defined(_GNU_SOURCE)
+    return strerror_r(err, buf, len);
+#else
+    if (strerror_r(err, buf, len) != 0) {
+        snprintf(buf, len, "error %d", err);
+    }
+    return buf;
+#endif
+}
+
+
+/* Reads all of |file| into |out|. Returns 0 or an errno value. */
+static int read_file(const char *file, buf_t *out)
+{
+    FILE *f = fopen(file, "rb");
+    if (f == NULL) {
+        return errno;
+    }
+    char chunk[65536];
+    int err = 0;
+    for (;;) {
+        size_t n = fread(chunk, 1, sizeof(chunk), f);
+        if (n > 0 && buf_append(out, chunk, n) != 0) {
+            err = ENOMEM;
+            break;
+        }
+        if (n < sizeof(chunk)) {
+            if (ferror(f)) {
+                err = errno != 0 ? errno : EIO;
+            }
+            break;
+        }
+    }
+    fclose(f);
+    return err;
+}
+
+
+int config_load(const char *file, config_t **out, config_errors_t *errs)
+{
+    buf_t text = {0};
+
+    *out = NULL;
+    errno = 0;
+    int err = read_file(file, &text);
+    if (err == ENOMEM) {
+        buf_free(&text);
+        return TE_NOMEM;
+    }
+    if (err != 0) {
+        buf_free(&text);
+        if (errs == NULL) {
+            return TE_INVALID;
+        }
+        char msg[256];
+        buf_t line = {0};
+        if (buf_appendf(&line, "%s: cannot read file: %s", file,
+                        errno_text(err, msg, sizeof(msg))) != 0) {
+            return TE_NOMEM;
+        }
+        return errors_add(errs, line.data) == 0 ? TE_INVALID : TE_NOMEM;
+    }
+
+    const char *data = text.data != NULL ? text.data : "";
+    int rc = config_parse(file, data, text.len, out, errs);
+    buf_free(&text);
+    return rc;
+}
+
+
+static void service_free(service_t *svc)
+{
+    free(svc->name);
+    free(svc->url);
+    free(svc->host);
+    free(svc->authority);
+}
+
+
+static void route_free(route_t *r)
+{
+    free(r->method);
+    free(r->path);
+    for (size_t i = 0; i < r->nsegs; i++) {
+        free(r->segs[i].literal);
+    }
+    free(r->segs);
+    for (size_t i = 0; i < r->nparams; i++) {
+        free(r->params[i]);
+    }
+    free(r->params);
+    for (size_t i = 0; i < r->ncalls; i++) {
+        call_t *c = &r->calls[i];
+        free(c->name);
+        free(c->method);
+        free(c->path_text);
+        template_free(&c->path);
+    }
+    free(r->calls);
+}
+
+
+void config_free(config_t *cfg)
+{
+    if (cfg == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < cfg->nservices; i++) {
+        service_free(&cfg->services[i]);
+    }
+    free(cfg->services);
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        route_free(&cfg->routes[i]);
+    }
+    free(cfg->routes);
+    free(cfg->file);
+    free(cfg->listen_host);
+    free(cfg->resolver_servers);
+    free(cfg);
+}
+
+
+void config_errors_free(config_errors_t *errs)
+{
+    if (errs == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < errs->count; i++) {
+        free(errs->lines[i]);
+    }
+    free(errs->lines);
+    errs->lines = NULL;
+    errs->count = 0;
+}
+
+
+const service_t *config_service(const config_t *cfg, const char *name)
+{
+    return find_service(cfg, name);
+}

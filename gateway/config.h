@@ -1,0 +1,93 @@
+/* The gateway configuration: services, routes and their calls, loaded
+ * from JSON with jansson and validated in full before use. A loaded
+ * configuration is immutable and shared read-only by every worker. */
+#ifndef TUTTI_CONFIG_H
+#define TUTTI_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "template.h"
+
+typedef enum {
+    SCHEME_HTTP, /* http://: HTTP/1.1 over TCP */
+    SCHEME_H2C,  /* h2c://: HTTP/2 over TCP with prior knowledge */
+} scheme_t;
+
+typedef struct service_s {
+    char *name;
+    char *url;
+    scheme_t scheme;
+    char *host;       /* host name or IP literal, without brackets */
+    uint16_t port;
+    char *authority;  /* Host / :authority value, e.g. "localhost:9101" */
+    int64_t timeout_ms; /* -1: none */
+    size_t index;     /* position in config_t.services */
+} service_t;
+
+typedef struct call_s {
+    char *name;
+    service_t *service;
+    char *method;       /* default "GET" */
+    char *path_text;    /* the template as written */
+    template_t path;
+    int64_t timeout_ms; /* the call's, else the service's, else -1 */
+    bool required;      /* default true */
+    bool forward_body;  /* default false */
+} call_t;
+
+/* One segment of a route path: a literal or a {name} parameter. */
+typedef struct route_seg_s {
+    char *literal;    /* NULL for a parameter */
+    int param_index;  /* for a parameter: index into route_t.params */
+} route_seg_t;
+
+typedef struct route_s {
+    char *method;
+    char *path;         /* as written, e.g. "/dashboard/{user}" */
+    route_seg_t *segs;
+    size_t nsegs;
+    char **params;      /* parameter names in path order */
+    size_t nparams;
+    int64_t deadline_ms; /* default 1000 */
+    call_t *calls;
+    size_t ncalls;
+} route_t;
+
+typedef struct config_s {
+    char *file;          /* path the configuration was read from */
+    char *listen_host;   /* default "127.0.0.1" */
+    uint16_t listen_port; /* default 8080 */
+    service_t *services;
+    size_t nservices;
+    route_t *routes;
+    size_t nroutes;
+    char *resolver_servers; /* "ip:port,ip:port" for c-ares, or NULL */
+    size_t max_request_body_bytes;  /* default 1 MiB */
+    size_t max_response_body_bytes; /* default 8 MiB, per call */
+    int64_t shutdown_grace_ms;      /* default 25000 */
+} config_t;
+
+/* A list of problems, each "FILE: JSON.PATH: message". */
+typedef struct config_errors_s {
+    char **lines;
+    size_t count;
+} config_errors_t;
+
+/* Reads and validates |file|. On success returns 0 and sets |*out|. On
+ * failure returns TE_INVALID (or TE_NOMEM) and appends one line per
+ * problem to |errs|; |*out| is NULL. */
+int config_load(const char *file, config_t **out, config_errors_t *errs);
+
+/* Same, from JSON text; |file| only names the source in messages. */
+int config_parse(const char *file, const char *text, size_t len,
+                 config_t **out, config_errors_t *errs);
+
+void config_free(config_t *cfg);
+void config_errors_free(config_errors_t *errs);
+
+/* Looks up a service by name; NULL when unknown. */
+const service_t *config_service(const config_t *cfg, const char *name);
+
+#endif

@@ -1,0 +1,540 @@
+/* The fan-out state machine. */
+#include "fanout.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aggregate.h"
+#include "errors.h"
+#include "log.h"
+
+#define NS_PER_MS 1000000ULL
+
+typedef enum {
+    FCALL_PENDING = 0, /* started, no outcome yet */
+    FCALL_OK,          /* JSON result in value */
+    FCALL_FAILED,      /* error object in error */
+    FCALL_CANCELLED,   /* ended by the fan-out, outcome discarded */
+} fcall_state_t;
+
+#define FCALL_HEADERS 4
+
+typedef struct fcall_s {
+    fanout_t *fo;
+    const call_t *conf;
+    upcall_t up;
+    fcall_state_t state;
+    buf_t path;
+    char timeout_header[24];
+    upcall_header_t headers[FCALL_HEADERS];
+    uint64_t expire_ns;      /* when the timer ends this call */
+    fail_kind_t expire_kind; /* timeout, or deadline when that is earlier */
+    uint64_t end_ns;
+    int status;              /* downstream status, 0 if none */
+    fail_kind_t kind;        /* for FCALL_FAILED */
+    json_t *value;
+    json_t *error;
+} fcall_t;
+
+struct fanout_s {
+    uv_loop_t *loop;
+    upstream_t *up;
+    const route_t *route;
+    char *request_id;
+    char *content_type;
+    const char *body;
+    size_t body_len;
+    uint64_t start_ns;
+    uint64_t deadline_ns;
+    uv_timer_t timer;
+    fcall_t *calls;
+    size_t ncalls;
+    size_t pending;
+    bool answered;
+    cancel_cause_t cause;
+    int status;
+    char *answer_body;
+    size_t answer_len;
+    buf_t partial;
+    fanout_answer_cb cb;
+    void *cb_arg;
+};
+
+static const char *const cause_names[] = {
+    "none", "deadline", "first_error", "client_abort", "shutdown",
+};
+
+
+const char *fanout_cause_name(cancel_cause_t cause)
+{
+    return cause_names[cause];
+}
+
+
+static int64_t ms_since(const fanout_t *fo, uint64_t t)
+{
+    return (int64_t)((t - fo->start_ns) / NS_PER_MS);
+}
+
+
+static void cancel_pending(fanout_t *fo, cancel_cause_t cause)
+{
+    uint64_t now = uv_hrtime();
+    for (size_t i = 0; i < fo->ncalls; i++) {
+        fcall_t *fc = &fo->calls[i];
+        if (fc->state != FCALL_PENDING) {
+            continue;
+        }
+        upstream_cancel(fo->up, &fc->up);
+        fc->state = FCALL_CANCELLED;
+        fc->end_ns = now;
+        fo->pending--;
+        if (log_enabled(LOG_DEBUG)) {
+            json_t *f = json_pack("{s:s, s:s, s:s}", "call", fc->conf->name,
+                                  "service", fc->conf->service->name,
+                                  "cause", fanout_cause_name(cause));
+            log_event(LOG_DEBUG, fo->request_id, "call cancelled", f);
+        }
+    }
+    if (fo->cause == CAUSE_NONE) {
+        fo->cause = cause;
+    }
+}
+
+
+static void answer(fanout_t *fo, int status, char *body, size_t len)
+{
+    fo->answered = true;
+    fo->status = status;
+    fo->answer_body = body;
+    fo->answer_len = len;
+    uv_timer_stop(&fo->timer);
+    if (fo->cb != NULL) {
+        fo->cb(fo, fo->cb_arg);
+    }
+}
+
+
+/* The first failing required call decides the answer; the calls still
+ * running are cancelled, as errgroup.WithContext cancels its context. */
+static void answer_error(fanout_t *fo, fcall_t *fc, cancel_cause_t cause)
+{
+    cancel_pending(fo, cause);
+    int status = aggregate_status(fc->kind, fc->status);
+    size_t len = 0;
+    char *body = aggregate_error_body(json_incref(fc->error), &len);
+    answer(fo, status, body, len);
+}
+
+
+static void answer_success(fanout_t *fo)
+{
+    json_t *out = json_object();
+    json_t *errors = NULL;
+
+    for (size_t i = 0; i < fo->ncalls; i++) {
+        fcall_t *fc = &fo->calls[i];
+        if (fc->state == FCALL_OK) {
+            json_object_set(out, fc->conf->name, fc->value);
+            continue;
+        }
+        if (errors == NULL) {
+            errors = json_object();
+        }
+        json_object_set(errors, fc->conf->name, fc->error);
+        if (fo->partial.len > 0) {
+            buf_append_str(&fo->partial, ",");
+        }
+        buf_append_str(&fo->partial, fc->conf->name);
+    }
+    if (errors != NULL) {
+        json_object_set_new(out, "errors", errors);
+    }
+    char *body = json_dumps(out, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(out);
+    answer(fo, body != NULL ? 200 : 500, body, body != NULL ? strlen(body) : 0);
+}
+
+
+static void log_call_failure(fanout_t *fo, fcall_t *fc, const char *message)
+{
+    json_t *f = json_pack("{s:s, s:s, s:s, s:s, s:b, s:s}", "call",
+                          fc->conf->name, "service", fc->conf->service->name,
+                          "endpoint", fc->up.endpoint, "kind",
+                          aggregate_kind_name(fc->kind), "required",
+                          fc->conf->required, "error", message);
+    if (f != NULL && fc->status > 0) {
+        json_object_set_new(f, "status", json_integer(fc->status));
+    }
+    log_event(LOG_WARN, fo->request_id, "call failed", f);
+}
+
+
+/* Records the failure of a pending call and, for a required call, decides
+ * the answer. */
+static void fail_call(fanout_t *fo, fcall_t *fc, fail_kind_t kind,
+                      const char *message, cancel_cause_t cause)
+{
+    fc->state = FCALL_FAILED;
+    fc->kind = kind;
+    fc->end_ns = uv_hrtime();
+    fc->error = aggregate_error_object(fc->conf->name, kind, fc->status,
+                                       message, ms_since(fo, fc->end_ns));
+    fo->pending--;
+    log_call_failure(fo, fc, message);
+    if (fc->conf->required && !fo->answered) {
+        answer_error(fo, fc, cause);
+    }
+}
+
+
+static void finish_if_complete(fanout_t *fo)
+{
+    if (!fo->answered && fo->pending == 0) {
+        answer_success(fo);
+    }
+}
+
+
+static void on_timer(uv_timer_t *t);
+
+
+static void schedule_timer(fanout_t *fo)
+{
+    uint64_t next = 0;
+    for (size_t i = 0; i < fo->ncalls; i++) {
+        const fcall_t *fc = &fo->calls[i];
+        if (fc->state == FCALL_PENDING &&
+            (next == 0 || fc->expire_ns < next)) {
+            next = fc->expire_ns;
+        }
+    }
+    if (next == 0) {
+        uv_timer_stop(&fo->timer);
+        return;
+    }
+    uint64_t now = uv_hrtime();
+    /* Round up: a timeout must never fire before its time. */
+    uint64_t ms = next > now ? (next - now + NS_PER_MS - 1) / NS_PER_MS : 0;
+    uv_timer_start(&fo->timer, on_timer, ms, 0);
+}
+
+
+/* uv_timer_cb: a call's timeout or the request deadline came due. */
+static void on_timer(uv_timer_t *t)
+{
+    fanout_t *fo = t->data;
+    uint64_t now = uv_hrtime();
+
+    /* Deadline expiries first, in call order, so that a required call
+     * pending at the deadline decides the answer with kind "deadline". */
+    for (int pass = 0; pass < 2 && !fo->answered; pass++) {
+        for (size_t i = 0; i < fo->ncalls && !fo->answered; i++) {
+            fcall_t *fc = &fo->calls[i];
+            if (fc->state != FCALL_PENDING || fc->expire_ns > now) {
+                continue;
+            }
+            bool is_deadline = fc->expire_kind == KIND_DEADLINE;
+            if ((pass == 0) != is_deadline) {
+                continue;
+            }
+            char msg[128];
+            if (is_deadline) {
+                snprintf(msg, sizeof(msg),
+                         "request deadline of %lld ms passed",
+                         (long long)ms_since(fo, fo->deadline_ns));
+            } else {
+                snprintf(msg, sizeof(msg), "call timed out after %lld ms",
+                         (long long)fc->conf->timeout_ms);
+            }
+            upstream_cancel(fo->up, &fc->up);
+            fail_call(fo, fc, fc->expire_kind, msg,
+                      is_deadline ? CAUSE_DEADLINE : CAUSE_FIRST_ERROR);
+        }
+    }
+    if (fo->answered) {
+        return;
+    }
+    finish_if_complete(fo);
+    if (!fo->answered) {
+        schedule_timer(fo);
+    }
+}
+
+
+/* upcall_done_cb: a downstream call ended. */
+static void on_call_done(upcall_t *up, int err)
+{
+    fcall_t *fc = up->data;
+    fanout_t *fo = fc->fo;
+    char why[200];
+
+    fc->status = up->status;
+    if (err != 0) {
+        buf_free(&up->body_out);
+        fail_call(fo, fc, aggregate_kind_from_error(err), up->errmsg,
+                  CAUSE_FIRST_ERROR);
+    } else if (up->status >= 400) {
+        buf_free(&up->body_out);
+        snprintf(why, sizeof(why), "service %s answered %d",
+                 fc->conf->service->name, up->status);
+        fail_call(fo, fc, KIND_STATUS, why, CAUSE_FIRST_ERROR);
+    } else {
+        fc->value = aggregate_parse_body(up->status, up->body_out.data,
+                                         up->body_out.len, why, sizeof(why));
+        buf_free(&up->body_out);
+        if (fc->value == NULL) {
+            fail_call(fo, fc, KIND_BAD_RESPONSE, why, CAUSE_FIRST_ERROR);
+        } else {
+            fc->state = FCALL_OK;
+            fc->end_ns = uv_hrtime();
+            fo->pending--;
+        }
+    }
+    if (!fo->answered) {
+        finish_if_complete(fo);
+    }
+    if (!fo->answered) {
+        schedule_timer(fo);
+    }
+}
+
+
+static int prepare_call(fanout_t *fo, fcall_t *fc, const call_t *conf,
+                        const fanout_request_t *req, uint64_t now)
+{
+    fc->fo = fo;
+    fc->conf = conf;
+    if (template_expand(&conf->path, req->values, req->query, req->query_arg,
+                        &fc->path) != 0) {
+        return TE_NOMEM;
+    }
+
+    fc->expire_ns = fo->deadline_ns;
+    fc->expire_kind = KIND_DEADLINE;
+    if (conf->timeout_ms > 0) {
+        uint64_t own = now + (uint64_t)conf->timeout_ms * NS_PER_MS;
+        if (own < fo->deadline_ns) {
+            fc->expire_ns = own;
+            fc->expire_kind = KIND_TIMEOUT;
+        }
+    }
+    uint64_t budget = fc->expire_ns > now ? fc->expire_ns - now : 0;
+    snprintf(fc->timeout_header, sizeof(fc->timeout_header), "%llu",
+             (unsigned long long)(budget / NS_PER_MS));
+
+    size_t n = 0;
+    fc->headers[n++] = (upcall_header_t){"x-request-id", fo->request_id};
+    fc->headers[n++] = (upcall_header_t){"request-timeout-ms",
+                                         fc->timeout_header};
+    fc->headers[n++] = (upcall_header_t){"accept", "application/json"};
+
+    upcall_t *up = &fc->up;
+    up->method = conf->method;
+    up->path = fc->path.data;
+    up->authority = conf->service->authority;
+    up->max_body = req->max_body;
+    up->on_done = on_call_done;
+    up->data = fc;
+    if (conf->forward_body && req->body_len > 0) {
+        up->body = req->body;
+        up->body_len = req->body_len;
+        if (fo->content_type != NULL) {
+            fc->headers[n++] = (upcall_header_t){"content-type",
+                                                 fo->content_type};
+        }
+    }
+    up->headers = fc->headers;
+    up->nheaders = n;
+    return 0;
+}
+
+
+fanout_t *fanout_start(uv_loop_t *loop, upstream_t *up,
+                       const fanout_request_t *req, fanout_answer_cb cb,
+                       void *arg)
+{
+    fanout_t *fo = calloc(1, sizeof(*fo));
+    if (fo == NULL) {
+        return NULL;
+    }
+    fo->loop = loop;
+    fo->up = up;
+    fo->route = req->route;
+    fo->cb = cb;
+    fo->cb_arg = arg;
+    fo->start_ns = req->start_ns;
+    fo->deadline_ns = req->start_ns + (uint64_t)req->budget_ms * NS_PER_MS;
+    fo->request_id = strdup(req->request_id);
+    fo->content_type =
+        req->content_type != NULL ? strdup(req->content_type) : NULL;
+    fo->ncalls = req->route->ncalls;
+    fo->calls = calloc(fo->ncalls, sizeof(*fo->calls));
+    uv_timer_init(loop, &fo->timer);
+    fo->timer.data = fo;
+    if (fo->request_id == NULL || fo->calls == NULL ||
+        (req->content_type != NULL && fo->content_type == NULL)) {
+        goto fail;
+    }
+
+    uint64_t now = uv_hrtime();
+    for (size_t i = 0; i < fo->ncalls; i++) {
+        if (prepare_call(fo, &fo->calls[i], &req->route->calls[i], req,
+                         now) != 0) {
+            goto fail;
+        }
+    }
+
+    /* Every call starts now; none waits for another. A call whose budget
+     * is already spent is not sent, and the timer fails it at once. */
+    fo->pending = fo->ncalls;
+    for (size_t i = 0; i < fo->ncalls; i++) {
+        fcall_t *fc = &fo->calls[i];
+        if (fc->expire_ns > now) {
+            upstream_start(up, fc->conf->service->index, &fc->up);
+        }
+    }
+    schedule_timer(fo);
+    return fo;
+
+fail:
+    fanout_free(fo);
+    return NULL;
+}
+
+
+void fanout_abort(fanout_t *fo, cancel_cause_t cause)
+{
+    if (fo->answered && fo->pending == 0) {
+        return;
+    }
+    if (cause == CAUSE_CLIENT_ABORT) {
+        cancel_pending(fo, cause);
+        fo->answered = true;
+        fo->cause = cause;
+        uv_timer_stop(&fo->timer);
+        return;
+    }
+
+    /* Shutdown: the first pending required call names the error. */
+    const fcall_t *named = NULL;
+    for (size_t i = 0; i < fo->ncalls && named == NULL; i++) {
+        if (fo->calls[i].state == FCALL_PENDING &&
+            fo->calls[i].conf->required) {
+            named = &fo->calls[i];
+        }
+    }
+    cancel_pending(fo, cause);
+    if (fo->answered) {
+        return;
+    }
+    size_t len = 0;
+    json_t *e = aggregate_error_object(
+        named != NULL ? named->conf->name : NULL, KIND_SHUTDOWN, 0,
+        "the gateway is shutting down", ms_since(fo, uv_hrtime()));
+    char *body = aggregate_error_body(e, &len);
+    answer(fo, aggregate_status(KIND_SHUTDOWN, 0), body, len);
+}
+
+
+int fanout_status(const fanout_t *fo)
+{
+    return fo->status;
+}
+
+
+char *fanout_take_body(fanout_t *fo, size_t *len)
+{
+    char *b = fo->answer_body;
+    *len = fo->answer_len;
+    fo->answer_body = NULL;
+    fo->answer_len = 0;
+    return b;
+}
+
+
+const char *fanout_partial(const fanout_t *fo)
+{
+    return fo->partial.data != NULL ? fo->partial.data : "";
+}
+
+
+cancel_cause_t fanout_cause(const fanout_t *fo)
+{
+    return fo->cause;
+}
+
+
+static const char *outcome_name(const fcall_t *fc)
+{
+    switch (fc->state) {
+    case FCALL_OK:
+        return "ok";
+    case FCALL_CANCELLED:
+        return "cancelled";
+    case FCALL_FAILED:
+        if (fc->kind == KIND_TIMEOUT || fc->kind == KIND_DEADLINE) {
+            return "timeout";
+        }
+        return "error";
+    default:
+        return "pending";
+    }
+}
+
+
+json_t *fanout_calls_json(const fanout_t *fo)
+{
+    json_t *list = json_array();
+    for (size_t i = 0; i < fo->ncalls; i++) {
+        const fcall_t *fc = &fo->calls[i];
+        uint64_t end = fc->end_ns != 0 ? fc->end_ns : uv_hrtime();
+        json_t *c = json_pack("{s:s, s:s, s:s, s:i, s:s, s:I}", "name",
+                              fc->conf->name, "service",
+                              fc->conf->service->name, "endpoint",
+                              fc->up.endpoint, "status", fc->status,
+                              "outcome", outcome_name(fc), "duration_ms",
+                              (json_int_t)ms_since(fo, end));
+        if (c != NULL && fc->state == FCALL_FAILED) {
+            json_object_set_new(c, "kind",
+                                json_string(aggregate_kind_name(fc->kind)));
+        }
+        json_array_append_new(list, c);
+    }
+    return list;
+}
+
+
+/* uv_close_cb: the fan-out's last handle is closed. */
+static void on_timer_closed(uv_handle_t *h)
+{
+    fanout_t *fo = h->data;
+    for (size_t i = 0; i < fo->ncalls; i++) {
+        fcall_t *fc = &fo->calls[i];
+        buf_free(&fc->path);
+        buf_free(&fc->up.body_out);
+        json_decref(fc->value);
+        json_decref(fc->error);
+    }
+    free(fo->calls);
+    free(fo->answer_body);
+    buf_free(&fo->partial);
+    free(fo->request_id);
+    free(fo->content_type);
+    free(fo);
+}
+
+
+void fanout_free(fanout_t *fo)
+{
+    fo->cb = NULL;
+    if (fo->pending > 0) {
+        cancel_pending(fo, fo->cause != CAUSE_NONE ? fo->cause
+                                                   : CAUSE_CLIENT_ABORT);
+    }
+    uv_timer_stop(&fo->timer);
+    uv_close((uv_handle_t *)&fo->timer, on_timer_closed);
+}

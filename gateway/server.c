@@ -1,0 +1,580 @@
+/* Inbound requests on libmicrohttpd, inside the worker's loop. */
+#include "server.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+
+#include "aggregate.h"
+#include "errors.h"
+#include "fanout.h"
+#include "log.h"
+#include "router.h"
+
+#define REQUEST_ID_MAX 128
+
+typedef enum {
+    REQ_BODY = 0, /* reading the inbound body */
+    REQ_RUNNING,  /* fan-out in flight, MHD connection suspended */
+    REQ_ANSWERED, /* answer decided, waiting for MHD to send it */
+} req_state_t;
+
+/* A string decoded for one request (query parameter values). */
+typedef struct req_str_s {
+    struct req_str_s *next;
+    char text[];
+} req_str_t;
+
+struct req_s {
+    worker_t *w;
+    struct MHD_Connection *conn;
+    req_t *prev;
+    req_t *next;
+    req_state_t state;
+    uint64_t start_ns;
+    char request_id[REQUEST_ID_MAX + 1];
+    char method[16];
+    char *path;
+    router_match_t match;
+    const route_t *route;
+    int64_t budget_ms;
+    buf_t body;
+    bool body_too_large;
+    fanout_t *fo;
+    uv_poll_t client_poll;
+    int client_fd;
+    bool poll_active;
+    bool poll_open;
+    bool completed;  /* MHD reported the request complete */
+    bool client_gone;
+    bool suspended;
+    int status;
+    char *answer;
+    size_t answer_len;
+    buf_t extra;      /* "Allow" value, or the Tutti-Partial list */
+    req_str_t *strings;
+};
+
+
+size_t server_keep_escaped(void *cls, struct MHD_Connection *conn, char *s)
+{
+    return strlen(s);
+}
+
+
+static uint64_t next_random(worker_t *w)
+{
+    /* xorshift64*: request ids need uniqueness, not secrecy. */
+    uint64_t x = w->id_seed;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    w->id_seed = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+
+static bool valid_request_id(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > REQUEST_ID_MAX) {
+        return false;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < 0x21 || s[i] > 0x7e) {
+            return false;
+        }
+    }
+    return true;
+}
+
+
+static void set_request_id(req_t *r)
+{
+    const char *in = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                                 "X-Request-Id");
+    if (in != NULL && valid_request_id(in)) {
+        snprintf(r->request_id, sizeof(r->request_id), "%s", in);
+        return;
+    }
+    snprintf(r->request_id, sizeof(r->request_id), "%016" PRIx64 "%016" PRIx64,
+             next_random(r->w), next_random(r->w));
+}
+
+
+/* Decides a gateway-level error answer (not from a fan-out). */
+static void answer_simple(req_t *r, int status, const char *kind,
+                          const char *message)
+{
+    r->state = REQ_ANSWERED;
+    r->status = status;
+    free(r->answer);
+    r->answer = aggregate_simple_error(kind, message, &r->answer_len);
+    log_event(LOG_INFO, r->request_id, "request rejected",
+              json_pack("{s:i, s:s, s:s}", "status", status, "kind", kind,
+                        "error", message));
+}
+
+
+static enum MHD_Result queue_answer(req_t *r)
+{
+    char *body = r->answer;
+    size_t len = r->answer_len;
+    r->answer = NULL;
+    r->answer_len = 0;
+    if (body == NULL) {
+        body = aggregate_simple_error("internal", "out of memory", &len);
+        r->status = 500;
+    }
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer_with_free_callback(len, body, free);
+    if (resp == NULL) {
+        free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(resp, "Content-Type", "application/json");
+    MHD_add_response_header(resp, "X-Request-Id", r->request_id);
+    if (r->extra.len > 0) {
+        MHD_add_response_header(resp, r->status == 405 ? "Allow"
+                                                       : "Tutti-Partial",
+                                r->extra.data);
+    }
+    if (r->w->draining) {
+        MHD_add_response_header(resp, "Connection", "close");
+    }
+    enum MHD_Result rc = MHD_queue_response(r->conn, (unsigned)r->status, resp);
+    MHD_destroy_response(resp);
+    return rc;
+}
+
+
+static void unlink_inflight(req_t *r)
+{
+    worker_t *w = r->w;
+    if (r->prev != NULL) {
+        r->prev->next = r->next;
+    } else if (w->inflight == r) {
+        w->inflight = r->next;
+    }
+    if (r->next != NULL) {
+        r->next->prev = r->prev;
+    }
+    r->prev = NULL;
+    r->next = NULL;
+}
+
+
+static void req_free(req_t *r)
+{
+    buf_free(&r->match.storage);
+    buf_free(&r->body);
+    buf_free(&r->extra);
+    free(r->answer);
+    free(r->path);
+    while (r->strings != NULL) {
+        req_str_t *s = r->strings;
+        r->strings = s->next;
+        free(s);
+    }
+    free(r);
+}
+
+
+/* uv_close_cb: the client watcher is closed; the request may go. */
+static void on_client_poll_closed(uv_handle_t *h)
+{
+    req_t *r = h->data;
+    r->poll_open = false;
+    if (r->completed) {
+        req_free(r);
+    }
+}
+
+
+static void stop_client_watch(req_t *r)
+{
+    if (r->poll_active) {
+        uv_poll_stop(&r->client_poll);
+        r->poll_active = false;
+    }
+}
+
+
+static void close_client_watch(req_t *r)
+{
+    stop_client_watch(r);
+    if (r->poll_open && !uv_is_closing((uv_handle_t *)&r->client_poll)) {
+        uv_close((uv_handle_t *)&r->client_poll, on_client_poll_closed);
+    }
+}
+
+
+static void resume(req_t *r)
+{
+    if (r->suspended) {
+        r->suspended = false;
+        MHD_resume_connection(r->conn);
+        worker_kick(r->w);
+    }
+}
+
+
+/* fanout_answer_cb: the fan-out decided its answer. */
+static void on_fanout_answer(fanout_t *fo, void *arg)
+{
+    req_t *r = arg;
+    stop_client_watch(r);
+    r->state = REQ_ANSWERED;
+    r->status = fanout_status(fo);
+    r->answer = fanout_take_body(fo, &r->answer_len);
+    const char *partial = fanout_partial(fo);
+    if (partial[0] != '\0') {
+        buf_append_str(&r->extra, partial);
+    }
+    resume(r);
+}
+
+
+/* uv_poll_cb: the suspended connection's socket is readable or hung up.
+ * A suspended MHD connection is not polled by MHD, so this is how tutti
+ * learns that the client went away while its fan-out runs. */
+static void on_client_event(uv_poll_t *p, int status, int events)
+{
+    req_t *r = p->data;
+    char byte;
+    bool gone = status < 0;
+
+    if (!gone) {
+        ssize_t n = recv(r->client_fd, &byte, 1,
+                         MSG_PEEK | MSG_DONTWAIT);
+        if (n == 0) {
+            gone = true;
+        } else if (n < 0) {
+            gone = errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+        } else if (events & UV_DISCONNECT) {
+            gone = true;
+        } else {
+            /* A pipelined request is waiting; only a hang-up matters now,
+             * and a readable watch would fire on every iteration. */
+            uv_poll_start(p, UV_DISCONNECT, on_client_event);
+            return;
+        }
+    }
+    if (!gone || r->state != REQ_RUNNING) {
+        return;
+    }
+    r->client_gone = true;
+    stop_client_watch(r);
+    fanout_abort(r->fo, CAUSE_CLIENT_ABORT);
+    r->state = REQ_ANSWERED;
+    r->status = 499;
+    r->answer = aggregate_simple_error("client_abort", "client went away",
+                                       &r->answer_len);
+    resume(r);
+}
+
+
+static void watch_client(req_t *r)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci == NULL) {
+        return;
+    }
+    r->client_fd = ci->connect_fd;
+    if (uv_poll_init_socket(&r->w->loop, &r->client_poll, r->client_fd) !=
+        0) {
+        log_msg(LOG_WARN, r->request_id,
+                "cannot watch the client socket; a client abort will be "
+                "noticed only at the answer");
+        return;
+    }
+    r->client_poll.data = r;
+    r->poll_open = true;
+    if (uv_poll_start(&r->client_poll, UV_READABLE | UV_DISCONNECT,
+                      on_client_event) == 0) {
+        r->poll_active = true;
+    }
+}
+
+
+static const char *lookup_query(void *arg, const char *name)
+{
+    req_t *r = arg;
+    const char *raw =
+        MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
+    if (raw == NULL) {
+        return NULL;
+    }
+    size_t n = strlen(raw);
+    req_str_t *s = malloc(sizeof(*s) + n + 1);
+    if (s == NULL) {
+        return NULL;
+    }
+    memcpy(s->text, raw, n + 1);
+    s->next = r->strings;
+    r->strings = s;
+    if (template_decode(s->text, true) != 0) {
+        /* A malformed escape is passed on encoded, never half-decoded. */
+        memcpy(s->text, raw, n + 1);
+    }
+    return s->text;
+}
+
+
+static void start_fanout(req_t *r)
+{
+    worker_t *w = r->w;
+    fanout_request_t fr = {
+        .route = r->route,
+        .values = r->match.values,
+        .query = lookup_query,
+        .query_arg = r,
+        .request_id = r->request_id,
+        .body = r->body.data,
+        .body_len = r->body.len,
+        .content_type = MHD_lookup_connection_value(
+            r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE),
+        .start_ns = r->start_ns,
+        .budget_ms = r->budget_ms,
+        .max_body = w->cfg->max_response_body_bytes,
+    };
+    r->fo = fanout_start(&w->loop, w->up, &fr, on_fanout_answer, r);
+    if (r->fo == NULL) {
+        answer_simple(r, 500, "internal", "out of memory");
+        return;
+    }
+    r->state = REQ_RUNNING;
+    r->suspended = true;
+    MHD_suspend_connection(r->conn);
+    watch_client(r);
+}
+
+
+/* Reads Request-Timeout-Ms; returns false when it is present but not a
+ * non-negative integer. */
+static bool apply_timeout_header(req_t *r)
+{
+    const char *v = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
+                                                "Request-Timeout-Ms");
+    if (v == NULL) {
+        return true;
+    }
+    if (v[0] < '0' || v[0] > '9') {
+        return false;
+    }
+    char *end = NULL;
+    errno = 0;
+    long long ms = strtoll(v, &end, 10);
+    if (errno != 0 || *end != '\0' || ms < 0) {
+        return false;
+    }
+    if (ms < r->budget_ms) {
+        r->budget_ms = ms;
+    }
+    return true;
+}
+
+
+static void route_request(req_t *r, const char *url)
+{
+    const config_t *cfg = r->w->cfg;
+    char msg[256];
+
+    router_result_t rr =
+        router_match(cfg, r->method, url, &r->match, &r->extra);
+    switch (rr) {
+    case ROUTER_NOT_FOUND:
+        snprintf(msg, sizeof(msg), "no route for path %.200s", url);
+        answer_simple(r, 404, "not_found", msg);
+        return;
+    case ROUTER_NO_METHOD:
+        snprintf(msg, sizeof(msg), "method %s is not allowed on %.150s; "
+                 "allowed: %s", r->method, url, r->extra.data);
+        answer_simple(r, 405, "method_not_allowed", msg);
+        return;
+    case ROUTER_NOMEM:
+        answer_simple(r, 500, "internal", "out of memory");
+        return;
+    case ROUTER_BAD_PATH:
+        buf_reset(&r->extra);
+        snprintf(msg, sizeof(msg), "invalid path %.200s: malformed "
+                 "percent-encoding or a \".\" or \"..\" segment", url);
+        answer_simple(r, 400, "bad_request", msg);
+        return;
+    default:
+        break;
+    }
+    buf_reset(&r->extra);
+    r->route = r->match.route;
+    r->budget_ms = r->route->deadline_ms;
+
+    if (!apply_timeout_header(r)) {
+        answer_simple(r, 400, "bad_request",
+                      "invalid Request-Timeout-Ms header: expected a "
+                      "non-negative integer of milliseconds");
+        return;
+    }
+    const char *cl = MHD_lookup_connection_value(
+        r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl != NULL) {
+        unsigned long long n = strtoull(cl, NULL, 10);
+        if (n > cfg->max_request_body_bytes) {
+            snprintf(msg, sizeof(msg), "request body of %llu bytes is larger "
+                     "than the limit of %zu bytes", n,
+                     cfg->max_request_body_bytes);
+            answer_simple(r, 413, "payload_too_large", msg);
+        }
+    }
+}
+
+
+static req_t *req_new(worker_t *w, struct MHD_Connection *conn,
+                      const char *url, const char *method)
+{
+    req_t *r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        return NULL;
+    }
+    r->w = w;
+    r->conn = conn;
+    r->start_ns = uv_hrtime();
+    r->path = strdup(url);
+    snprintf(r->method, sizeof(r->method), "%s", method);
+    set_request_id(r);
+
+    r->next = w->inflight;
+    if (w->inflight != NULL) {
+        w->inflight->prev = r;
+    }
+    w->inflight = r;
+    w->ninflight++;
+    return r;
+}
+
+
+enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
+                                  const char *url, const char *method,
+                                  const char *version,
+                                  const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    worker_t *w = cls;
+    req_t *r = *con_cls;
+
+    if (r == NULL) {
+        r = req_new(w, conn, url, method);
+        if (r == NULL) {
+            return MHD_NO;
+        }
+        *con_cls = r;
+        route_request(r, url);
+        if (r->state == REQ_ANSWERED) {
+            return queue_answer(r);
+        }
+        return MHD_YES;
+    }
+
+    if (r->state == REQ_ANSWERED) {
+        *upload_data_size = 0;
+        return queue_answer(r);
+    }
+    if (*upload_data_size > 0) {
+        size_t max = w->cfg->max_request_body_bytes;
+        if (r->body.len + *upload_data_size > max) {
+            char msg[160];
+            snprintf(msg, sizeof(msg), "request body is larger than the "
+                     "limit of %zu bytes", max);
+            *upload_data_size = 0;
+            answer_simple(r, 413, "payload_too_large", msg);
+            return queue_answer(r);
+        }
+        if (buf_append(&r->body, upload_data, *upload_data_size) != 0) {
+            return MHD_NO;
+        }
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+    if (r->state == REQ_BODY) {
+        start_fanout(r);
+        if (r->state == REQ_ANSWERED) {
+            return queue_answer(r);
+        }
+    }
+    return MHD_YES;
+}
+
+
+static void log_access(req_t *r)
+{
+    uint64_t now = uv_hrtime();
+    json_t *f = json_pack(
+        "{s:s, s:s, s:s?, s:i, s:f}", "method", r->method, "path",
+        r->path != NULL ? r->path : "", "route",
+        r->route != NULL ? r->route->path : NULL, "status", r->status,
+        "duration_ms", (double)(now - r->start_ns) / 1e6);
+    if (f != NULL && r->fo != NULL) {
+        cancel_cause_t cause = fanout_cause(r->fo);
+        if (cause != CAUSE_NONE) {
+            json_object_set_new(f, "cancel_cause",
+                                json_string(fanout_cause_name(cause)));
+        }
+        json_object_set_new(f, "calls", fanout_calls_json(r->fo));
+    }
+    log_event(LOG_INFO, r->request_id, "access", f);
+}
+
+
+void server_on_completed(void *cls, struct MHD_Connection *conn,
+                         void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+    worker_t *w = cls;
+    req_t *r = *con_cls;
+    if (r == NULL) {
+        return;
+    }
+    *con_cls = NULL;
+
+    if (r->client_gone || toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
+        /* 499: the client closed the connection before the answer was
+         * written, as nginx logs it. */
+        if (r->status == 0 || r->client_gone ||
+            toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT ||
+            toe == MHD_REQUEST_TERMINATED_READ_ERROR) {
+            r->status = 499;
+        }
+        if (r->fo != NULL && !r->client_gone) {
+            fanout_abort(r->fo, CAUSE_CLIENT_ABORT);
+        }
+    }
+    log_access(r);
+    if (r->fo != NULL) {
+        fanout_free(r->fo);
+        r->fo = NULL;
+    }
+    unlink_inflight(r);
+    w->ninflight--;
+    r->completed = true;
+    close_client_watch(r);
+    if (!r->poll_open) {
+        req_free(r);
+    }
+    worker_request_done(w);
+}
+
+
+void server_abort_all(worker_t *w)
+{
+    /* fanout_abort answers synchronously and resumes the connection, which
+     * does not unlink anything from the list until MHD runs again. */
+    for (req_t *r = w->inflight; r != NULL; r = r->next) {
+        if (r->state == REQ_RUNNING && r->fo != NULL) {
+            fanout_abort(r->fo, CAUSE_SHUTDOWN);
+        }
+    }
+}
