@@ -1,0 +1,200 @@
+/* Unit tests for gateway/aggregate.c: status mapping, error objects and
+ * downstream body parsing. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "aggregate.h"
+#include "errors.h"
+
+
+static void test_aggregate_status_timeouts(void **state)
+{
+    assert_int_equal(aggregate_status(KIND_TIMEOUT, 0), 504);
+    assert_int_equal(aggregate_status(KIND_DEADLINE, 0), 504);
+}
+
+
+static void test_aggregate_status_client_errors_pass(void **state)
+{
+    assert_int_equal(aggregate_status(KIND_STATUS, 404), 404);
+    assert_int_equal(aggregate_status(KIND_STATUS, 400), 400);
+    assert_int_equal(aggregate_status(KIND_STATUS, 429), 429);
+    assert_int_equal(aggregate_status(KIND_STATUS, 499), 499);
+}
+
+
+static void test_aggregate_status_server_errors_502(void **state)
+{
+    assert_int_equal(aggregate_status(KIND_STATUS, 500), 502);
+    assert_int_equal(aggregate_status(KIND_STATUS, 503), 502);
+    assert_int_equal(aggregate_status(KIND_CONNECT, 0), 502);
+    assert_int_equal(aggregate_status(KIND_RESOLVE, 0), 502);
+    assert_int_equal(aggregate_status(KIND_RESET, 0), 502);
+    assert_int_equal(aggregate_status(KIND_BAD_RESPONSE, 0), 502);
+}
+
+
+static void test_aggregate_status_gateway_kinds(void **state)
+{
+    assert_int_equal(aggregate_status(KIND_SHUTDOWN, 0), 503);
+    assert_int_equal(aggregate_status(KIND_INTERNAL, 0), 500);
+}
+
+
+static void test_aggregate_kind_from_error(void **state)
+{
+    assert_int_equal(aggregate_kind_from_error(TE_RESOLVE), KIND_RESOLVE);
+    assert_int_equal(aggregate_kind_from_error(TE_CONNECT), KIND_CONNECT);
+    assert_int_equal(aggregate_kind_from_error(TE_RESET), KIND_RESET);
+    assert_int_equal(aggregate_kind_from_error(TE_BAD_RESPONSE),
+                     KIND_BAD_RESPONSE);
+    assert_int_equal(aggregate_kind_from_error(TE_NOMEM), KIND_INTERNAL);
+}
+
+
+static void test_aggregate_kind_names(void **state)
+{
+    assert_string_equal(aggregate_kind_name(KIND_TIMEOUT), "timeout");
+    assert_string_equal(aggregate_kind_name(KIND_DEADLINE), "deadline");
+    assert_string_equal(aggregate_kind_name(KIND_CONNECT), "connect");
+    assert_string_equal(aggregate_kind_name(KIND_RESOLVE), "resolve");
+    assert_string_equal(aggregate_kind_name(KIND_RESET), "reset");
+    assert_string_equal(aggregate_kind_name(KIND_STATUS), "status");
+    assert_string_equal(aggregate_kind_name(KIND_BAD_RESPONSE),
+                        "bad_response");
+    assert_string_equal(aggregate_kind_name(KIND_SHUTDOWN), "shutdown");
+}
+
+
+static void test_aggregate_error_body_with_status(void **state)
+{
+    json_t *e = aggregate_error_object("profile", KIND_STATUS, 503,
+                                       "service users answered 503", 12);
+    size_t len = 0;
+    char *body = aggregate_error_body(e, &len);
+    assert_non_null(body);
+    assert_int_equal(len, strlen(body));
+    assert_string_equal(body,
+                        "{\"error\":{\"call\":\"profile\",\"kind\":\"status\","
+                        "\"status\":503,\"message\":\"service users "
+                        "answered 503\",\"elapsed_ms\":12}}");
+    free(body);
+}
+
+
+static void test_aggregate_error_body_without_status(void **state)
+{
+    json_t *e = aggregate_error_object("orders", KIND_TIMEOUT, 0,
+                                       "call timed out after 200 ms", 200);
+    char *body = aggregate_error_body(e, NULL);
+    assert_string_equal(body,
+                        "{\"error\":{\"call\":\"orders\",\"kind\":\"timeout\","
+                        "\"message\":\"call timed out after 200 ms\","
+                        "\"elapsed_ms\":200}}");
+    free(body);
+}
+
+
+static void test_aggregate_error_invalid_utf8_message(void **state)
+{
+    json_t *e = aggregate_error_object("x", KIND_RESET, 0, "bad \xff byte", 1);
+    const char *msg = json_string_value(json_object_get(e, "message"));
+    assert_non_null(msg);
+    assert_string_equal(msg, "(message not valid UTF-8)");
+    json_decref(e);
+}
+
+
+static void test_aggregate_simple_error(void **state)
+{
+    size_t len = 0;
+    char *body = aggregate_simple_error("not_found", "no route for path /x",
+                                        &len);
+    assert_string_equal(body, "{\"error\":{\"kind\":\"not_found\","
+                              "\"message\":\"no route for path /x\"}}");
+    free(body);
+}
+
+
+static void test_aggregate_parse_204_is_null(void **state)
+{
+    char why[128] = "";
+    json_t *v = aggregate_parse_body(204, "", 0, why, sizeof(why));
+    assert_non_null(v);
+    assert_true(json_is_null(v));
+    json_decref(v);
+}
+
+
+static void test_aggregate_parse_scalars_and_arrays(void **state)
+{
+    const char *texts[] = {"{\"a\":1}", "[1,2]", "42", "\"s\"", "true",
+                           "null"};
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+        char why[128] = "";
+        json_t *v = aggregate_parse_body(200, texts[i], strlen(texts[i]), why,
+                                         sizeof(why));
+        assert_non_null(v);
+        char *back = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        assert_string_equal(back, texts[i]);
+        free(back);
+        json_decref(v);
+    }
+}
+
+
+static void test_aggregate_parse_empty_200_fails(void **state)
+{
+    char why[128] = "";
+    json_t *v = aggregate_parse_body(200, "", 0, why, sizeof(why));
+    assert_null(v);
+    assert_string_equal(why,
+                        "empty response body with status 200; expected JSON");
+}
+
+
+static void test_aggregate_parse_invalid_json_fails(void **state)
+{
+    char why[128] = "";
+    json_t *v = aggregate_parse_body(200, "{\"broken\": ", 11, why,
+                                     sizeof(why));
+    assert_null(v);
+    assert_non_null(strstr(why, "response body is not valid JSON"));
+}
+
+
+static void test_aggregate_parse_trailing_garbage_fails(void **state)
+{
+    char why[128] = "";
+    json_t *v = aggregate_parse_body(200, "{} x", 4, why, sizeof(why));
+    assert_null(v);
+}
+
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_aggregate_status_timeouts),
+        cmocka_unit_test(test_aggregate_status_client_errors_pass),
+        cmocka_unit_test(test_aggregate_status_server_errors_502),
+        cmocka_unit_test(test_aggregate_status_gateway_kinds),
+        cmocka_unit_test(test_aggregate_kind_from_error),
+        cmocka_unit_test(test_aggregate_kind_names),
+        cmocka_unit_test(test_aggregate_error_body_with_status),
+        cmocka_unit_test(test_aggregate_error_body_without_status),
+        cmocka_unit_test(test_aggregate_error_invalid_utf8_message),
+        cmocka_unit_test(test_aggregate_simple_error),
+        cmocka_unit_test(test_aggregate_parse_204_is_null),
+        cmocka_unit_test(test_aggregate_parse_scalars_and_arrays),
+        cmocka_unit_test(test_aggregate_parse_empty_200_fails),
+        cmocka_unit_test(test_aggregate_parse_invalid_json_fails),
+        cmocka_unit_test(test_aggregate_parse_trailing_garbage_fails),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
