@@ -76,6 +76,8 @@ void log_event(log_level_t level, const char *request_id, const char *msg,
     json_object_set_new(line, "level", json_string(level_names[level]));
     if (thread_worker >= 0) {
         json_object_set_new(line, "worker", json_integer(thread_worker));
+    } else {
+        json_object_set_new(line, "worker", json_string("main"));
     }
     json_object_set_new(line, "msg", json_string(msg));
     if (request_id != NULL) {

@@ -25,7 +25,8 @@ int log_parse_level(const char *name, log_level_t *out);
 
 bool log_enabled(log_level_t level);
 
-/* Sets the worker number written on this thread's lines (-1: main). */
+/* Sets the worker number written on this thread's lines; -1, the
+ * default, writes "main". */
 void log_set_worker(int worker);
 
 /* Writes one line {"time", "level", "worker", "msg", "request_id"?, ...}

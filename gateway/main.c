@@ -321,6 +321,15 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     ares_library_init(ARES_LIB_INIT_ALL);
 
+    /* Signal handlers go in before the port opens, so a signal sent as
+     * soon as the port answers drains rather than kills. libuv queues it
+     * until uv_run, when every worker exists. */
+    uv_loop_t *main_loop = uv_default_loop();
+    uv_signal_init(main_loop, &sigint_handle);
+    uv_signal_start(&sigint_handle, on_signal, SIGINT);
+    uv_signal_init(main_loop, &sigterm_handle);
+    uv_signal_start(&sigterm_handle, on_signal, SIGTERM);
+
     int *fds = calloc((size_t)nworkers, sizeof(int));
     workers = calloc((size_t)nworkers, sizeof(*workers));
     char bound[80];
@@ -330,7 +339,6 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    uv_loop_t *main_loop = uv_default_loop();
     uv_async_init(main_loop, &exited_async, on_worker_exited);
     for (int i = 0; i < nworkers; i++) {
         workers[i].id = i;
@@ -341,10 +349,6 @@ int main(int argc, char **argv)
             _exit(1);
         }
     }
-    uv_signal_init(main_loop, &sigint_handle);
-    uv_signal_start(&sigint_handle, on_signal, SIGINT);
-    uv_signal_init(main_loop, &sigterm_handle);
-    uv_signal_start(&sigterm_handle, on_signal, SIGTERM);
 
     log_event(LOG_INFO, NULL, "listening",
               json_pack("{s:s, s:i, s:s, s:s}", "address", bound, "workers",
