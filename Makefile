@@ -54,6 +54,9 @@ $(BUILD)/tests/%_test: $(BUILD)/obj/tests/unit/%_test.o $(LIB_OBJS)
 $(FIXTURE): $(patsubst %.c,$(BUILD)/obj/%.o,$(FIXTURE_SRCS)) $(BUILD)/obj/clients/buf.o $(BUILD)/obj/clients/errors.o
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
+# Keep the unit tests' objects, which make would delete as intermediates.
+.SECONDARY:
+
 .PHONY: unit-bins fixture
 unit-bins: $(UNIT_BINS)
 fixture: $(FIXTURE)
@@ -71,7 +74,7 @@ run: deps
 	$(SUBMAKE) all
 	TUTTI_BIN=$(BUILD)/tutti bash demo/run.sh
 
-test: deps
+test: deps format-check
 	$(SUBMAKE) SANITIZE= BUILD=build all fixture unit-bins
 	$(SUBMAKE) SANITIZE=address BUILD=build/asan all fixture unit-bins
 	$(SUBMAKE) SANITIZE=thread BUILD=build/tsan all fixture

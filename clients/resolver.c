@@ -64,7 +64,8 @@ static void schedule_timeout(resolver_t *r)
         uv_timer_stop(&r->timer);
         return;
     }
-    uint64_t ms = (uint64_t)next->tv_sec * 1000 + (uint64_t)next->tv_usec / 1000;
+    uint64_t ms =
+        (uint64_t)next->tv_sec * 1000 + (uint64_t)next->tv_usec / 1000;
     uv_timer_start(&r->timer, on_timeout, ms, 0);
 }
 

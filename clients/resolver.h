@@ -15,7 +15,7 @@ typedef struct resolver_s resolver_t;
 typedef struct resolver_result_s {
     struct sockaddr_storage addrs[RESOLVER_MAX_ADDRS];
     size_t naddrs;
-    int ttl_s;       /* smallest TTL of the answers, in seconds */
+    int ttl_s;        /* smallest TTL of the answers, in seconds */
     char errmsg[128]; /* set when the lookup failed */
 } resolver_result_t;
 

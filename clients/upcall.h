@@ -49,11 +49,11 @@ struct upcall_s {
     void *data; /* caller's pointer */
 
     /* Result, valid in on_done. */
-    int status;         /* HTTP status, 0 if none was received */
-    buf_t body_out;     /* response body; the caller frees it */
-    char errmsg[160];   /* human-readable reason when err != 0 */
+    int status;       /* HTTP status, 0 if none was received */
+    buf_t body_out;   /* response body; the caller frees it */
+    char errmsg[160]; /* human-readable reason when err != 0 */
     upcall_phase_t phase;
-    char endpoint[64];  /* "ip:port" of the peer once known */
+    char endpoint[64]; /* "ip:port" of the peer once known */
 
     /* Private to the pool that runs the call. */
     void *pool_conn;

@@ -119,8 +119,7 @@ static void submit_to_pool(upstream_t *up, svc_state_t *s, upcall_t *call)
     if (rc != 0) {
         if (call->errmsg[0] == '\0') {
             snprintf(call->errmsg, sizeof(call->errmsg),
-                     "cannot start the call to %s: %s", svc->name,
-                     te_kind(rc));
+                     "cannot start the call to %s: %s", svc->name, te_kind(rc));
         }
         fail_later(up, call, rc);
         return;
@@ -163,8 +162,7 @@ static void on_resolved(void *arg, int err, const resolver_result_t *res)
         }
         if (err != 0) {
             snprintf(call->errmsg, sizeof(call->errmsg),
-                     "cannot resolve host \"%s\": %s", svc->host,
-                     res->errmsg);
+                     "cannot resolve host \"%s\": %s", svc->host, res->errmsg);
             fail_later(up, call, err == TE_NOMEM ? TE_NOMEM : TE_RESOLVE);
             continue;
         }

@@ -8,8 +8,8 @@
 #include "errors.h"
 
 static const char *const kind_names[] = {
-    "timeout", "deadline", "connect", "resolve", "reset",
-    "status", "bad_response", "shutdown", "internal",
+    "timeout", "deadline",     "connect",  "resolve",  "reset",
+    "status",  "bad_response", "shutdown", "internal",
 };
 
 
@@ -63,9 +63,8 @@ int aggregate_status(fail_kind_t kind, int downstream_status)
 }
 
 
-json_t *aggregate_error_object(const char *call, fail_kind_t kind,
-                               int status, const char *message,
-                               int64_t elapsed_ms)
+json_t *aggregate_error_object(const char *call, fail_kind_t kind, int status,
+                               const char *message, int64_t elapsed_ms)
 {
     json_t *e = json_object();
     if (e == NULL) {
@@ -92,8 +91,8 @@ json_t *aggregate_error_object(const char *call, fail_kind_t kind,
 
 static char *dump_owned(json_t *v, size_t *len)
 {
-    char *text = json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER |
-                                   JSON_ENCODE_ANY);
+    char *text =
+        json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY);
     json_decref(v);
     if (text != NULL && len != NULL) {
         *len = strlen(text);
@@ -110,8 +109,7 @@ char *aggregate_error_body(json_t *error, size_t *len)
 }
 
 
-char *aggregate_simple_error(const char *kind, const char *message,
-                             size_t *len)
+char *aggregate_simple_error(const char *kind, const char *message, size_t *len)
 {
     json_t *e = json_object();
     json_object_set_new(e, "kind", json_string(kind));
@@ -122,23 +120,75 @@ char *aggregate_simple_error(const char *kind, const char *message,
 }
 
 
-json_t *aggregate_parse_body(int status, const char *body, size_t len,
-                             char *why, size_t whylen)
+int aggregate_check_body(int status, const char *body, size_t len, char *why,
+                         size_t whylen)
 {
     if (status == 204) {
-        return json_null();
+        return 0;
     }
     if (len == 0) {
         snprintf(why, whylen,
                  "empty response body with status %d; expected JSON", status);
-        return NULL;
+        return TE_BAD_RESPONSE;
     }
+    /* Integers beyond 64 bits are valid JSON; decoding them as reals lets
+     * the check accept them. The body itself is passed on unchanged. */
     json_error_t jerr;
-    json_t *v = json_loadb(body, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+    json_t *v = json_loadb(
+        body, len, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL | JSON_ALLOW_NUL,
+        &jerr);
     if (v == NULL) {
         snprintf(why, whylen, "response body is not valid JSON: %s at %d:%d",
                  jerr.text, jerr.line, jerr.column);
-        return NULL;
+        return TE_BAD_RESPONSE;
     }
-    return v;
+    json_decref(v);
+    return 0;
+}
+
+
+static int open_member(buf_t *out, const char *name)
+{
+    int rc = buf_append_str(out, out->len == 0 ? "{" : ",");
+    json_t *k = json_string(name);
+    char *key = k != NULL ? json_dumps(k, JSON_ENCODE_ANY) : NULL;
+    json_decref(k);
+    if (key == NULL) {
+        return TE_NOMEM;
+    }
+    rc |= buf_append_str(out, key);
+    free(key);
+    rc |= buf_append_str(out, ":");
+    return rc != 0 ? TE_NOMEM : 0;
+}
+
+
+int aggregate_add_result(buf_t *out, const char *name, const char *raw,
+                         size_t len)
+{
+    if (open_member(out, name) != 0) {
+        return TE_NOMEM;
+    }
+    if (raw == NULL) {
+        return buf_append_str(out, "null");
+    }
+    return buf_append(out, raw, len);
+}
+
+
+int aggregate_finish(buf_t *out, const json_t *errors)
+{
+    if (errors != NULL) {
+        char *text = json_dumps(errors, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        if (text == NULL || open_member(out, "errors") != 0 ||
+            buf_append_str(out, text) != 0) {
+            free(text);
+            return TE_NOMEM;
+        }
+        free(text);
+    }
+    if (out->len == 0 && buf_append_str(out, "{") != 0) {
+        return TE_NOMEM;
+    }
+    return buf_append_str(out, "}");
 }

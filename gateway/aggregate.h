@@ -7,6 +7,8 @@
 
 #include <jansson.h>
 
+#include "buf.h"
+
 /* Why a call failed, as written in error objects. */
 typedef enum {
     KIND_TIMEOUT = 0, /* the call's own timeout ran out */
@@ -33,9 +35,8 @@ int aggregate_status(fail_kind_t kind, int downstream_status);
 
 /* Builds {"call", "kind", "status"?, "message", "elapsed_ms"}. |status| is
  * written only when > 0. Returns a new reference or NULL. */
-json_t *aggregate_error_object(const char *call, fail_kind_t kind,
-                               int status, const char *message,
-                               int64_t elapsed_ms);
+json_t *aggregate_error_object(const char *call, fail_kind_t kind, int status,
+                               const char *message, int64_t elapsed_ms);
 
 /* Serialises {"error": |error|}; steals |error|. Returns malloc'd text. */
 char *aggregate_error_body(json_t *error, size_t *len);
@@ -45,10 +46,22 @@ char *aggregate_error_body(json_t *error, size_t *len);
 char *aggregate_simple_error(const char *kind, const char *message,
                              size_t *len);
 
-/* Parses a downstream body. 204 gives JSON null. Any other status needs a
- * JSON text (object, array or scalar). Returns a new reference, or NULL
- * with |why| set. */
-json_t *aggregate_parse_body(int status, const char *body, size_t len,
-                             char *why, size_t whylen);
+/* Checks a downstream body: a 204 stands for JSON null, any other status
+ * needs exactly one JSON text (object, array or scalar). Returns 0, or
+ * TE_BAD_RESPONSE with the reason in |why|. */
+int aggregate_check_body(int status, const char *body, size_t len, char *why,
+                         size_t whylen);
+
+/* Appends the member "|name|": |raw| to the answer object being built in
+ * |out|, opening the object first when |out| is empty. |raw| is a body that
+ * passed aggregate_check_body, or NULL for a 204; it is copied byte for
+ * byte, so numbers keep the text the downstream wrote. Returns 0 or
+ * TE_NOMEM. */
+int aggregate_add_result(buf_t *out, const char *name, const char *raw,
+                         size_t len);
+
+/* Closes the answer object in |out|, adding "errors": |errors| when
+ * |errors| is not NULL. Returns 0 or TE_NOMEM. */
+int aggregate_finish(buf_t *out, const json_t *errors);
 
 #endif

@@ -19,18 +19,18 @@ typedef struct service_s {
     char *name;
     char *url;
     scheme_t scheme;
-    char *host;       /* host name or IP literal, without brackets */
+    char *host; /* host name or IP literal, without brackets */
     uint16_t port;
-    char *authority;  /* Host / :authority value, e.g. "localhost:9101" */
+    char *authority;    /* Host / :authority value, e.g. "localhost:9101" */
     int64_t timeout_ms; /* -1: none */
-    size_t index;     /* position in config_t.services */
+    size_t index;       /* position in config_t.services */
 } service_t;
 
 typedef struct call_s {
     char *name;
     service_t *service;
-    char *method;       /* default "GET" */
-    char *path_text;    /* the template as written */
+    char *method;    /* default "GET" */
+    char *path_text; /* the template as written */
     template_t path;
     int64_t timeout_ms; /* the call's, else the service's, else -1 */
     bool required;      /* default true */
@@ -39,16 +39,16 @@ typedef struct call_s {
 
 /* One segment of a route path: a literal or a {name} parameter. */
 typedef struct route_seg_s {
-    char *literal;    /* NULL for a parameter */
-    int param_index;  /* for a parameter: index into route_t.params */
+    char *literal;   /* NULL for a parameter */
+    int param_index; /* for a parameter: index into route_t.params */
 } route_seg_t;
 
 typedef struct route_s {
     char *method;
-    char *path;         /* as written, e.g. "/dashboard/{user}" */
+    char *path; /* as written, e.g. "/dashboard/{user}" */
     route_seg_t *segs;
     size_t nsegs;
-    char **params;      /* parameter names in path order */
+    char **params; /* parameter names in path order */
     size_t nparams;
     int64_t deadline_ms; /* default 1000 */
     call_t *calls;
@@ -56,14 +56,14 @@ typedef struct route_s {
 } route_t;
 
 typedef struct config_s {
-    char *file;          /* path the configuration was read from */
-    char *listen_host;   /* default "127.0.0.1" */
+    char *file;           /* path the configuration was read from */
+    char *listen_host;    /* default "127.0.0.1" */
     uint16_t listen_port; /* default 8080 */
     service_t *services;
     size_t nservices;
     route_t *routes;
     size_t nroutes;
-    char *resolver_servers; /* "ip:port,ip:port" for c-ares, or NULL */
+    char *resolver_servers;         /* "ip:port,ip:port" for c-ares, or NULL */
     size_t max_request_body_bytes;  /* default 1 MiB */
     size_t max_response_body_bytes; /* default 8 MiB, per call */
     int64_t shutdown_grace_ms;      /* default 25000 */
@@ -81,8 +81,8 @@ typedef struct config_errors_s {
 int config_load(const char *file, config_t **out, config_errors_t *errs);
 
 /* Same, from JSON text; |file| only names the source in messages. */
-int config_parse(const char *file, const char *text, size_t len,
-                 config_t **out, config_errors_t *errs);
+int config_parse(const char *file, const char *text, size_t len, config_t **out,
+                 config_errors_t *errs);
 
 void config_free(config_t *cfg);
 void config_errors_free(config_errors_t *errs);

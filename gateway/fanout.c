@@ -15,7 +15,7 @@
 
 typedef enum {
     FCALL_PENDING = 0, /* started, no outcome yet */
-    FCALL_OK,          /* JSON result in value */
+    FCALL_OK,          /* body checked, kept in raw */
     FCALL_FAILED,      /* error object in error */
     FCALL_CANCELLED,   /* ended by the fan-out, outcome discarded */
 } fcall_state_t;
@@ -33,9 +33,9 @@ typedef struct fcall_s {
     uint64_t expire_ns;      /* when the timer ends this call */
     fail_kind_t expire_kind; /* timeout, or deadline when that is earlier */
     uint64_t end_ns;
-    int status;              /* downstream status, 0 if none */
-    fail_kind_t kind;        /* for FCALL_FAILED */
-    json_t *value;
+    int status;       /* downstream status, 0 if none */
+    fail_kind_t kind; /* for FCALL_FAILED */
+    buf_t raw;        /* FCALL_OK: the body as received */
     json_t *error;
 } fcall_t;
 
@@ -94,8 +94,8 @@ static void cancel_pending(fanout_t *fo, cancel_cause_t cause)
         fo->pending--;
         if (log_enabled(LOG_DEBUG)) {
             json_t *f = json_pack("{s:s, s:s, s:s}", "call", fc->conf->name,
-                                  "service", fc->conf->service->name,
-                                  "cause", fanout_cause_name(cause));
+                                  "service", fc->conf->service->name, "cause",
+                                  fanout_cause_name(cause));
             log_event(LOG_DEBUG, fo->request_id, "call cancelled", f);
         }
     }
@@ -130,15 +130,20 @@ static void answer_error(fanout_t *fo, fcall_t *fc, cancel_cause_t cause)
 }
 
 
+/* Builds the 200 body in one pass: each downstream body is copied as
+ * received (it was checked to be JSON), so nothing is re-encoded. */
 static void answer_success(fanout_t *fo)
 {
-    json_t *out = json_object();
+    buf_t out = {0};
     json_t *errors = NULL;
+    int rc = 0;
 
     for (size_t i = 0; i < fo->ncalls; i++) {
         fcall_t *fc = &fo->calls[i];
         if (fc->state == FCALL_OK) {
-            json_object_set(out, fc->conf->name, fc->value);
+            rc |= aggregate_add_result(&out, fc->conf->name,
+                                       fc->status == 204 ? NULL : fc->raw.data,
+                                       fc->raw.len);
             continue;
         }
         if (errors == NULL) {
@@ -150,22 +155,26 @@ static void answer_success(fanout_t *fo)
         }
         buf_append_str(&fo->partial, fc->conf->name);
     }
-    if (errors != NULL) {
-        json_object_set_new(out, "errors", errors);
+    rc |= aggregate_finish(&out, errors);
+    json_decref(errors);
+    if (rc != 0) {
+        buf_free(&out);
+        size_t len = 0;
+        char *body = aggregate_simple_error("internal", "out of memory", &len);
+        answer(fo, 500, body, len);
+        return;
     }
-    char *body = json_dumps(out, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(out);
-    answer(fo, body != NULL ? 200 : 500, body, body != NULL ? strlen(body) : 0);
+    answer(fo, 200, out.data, out.len);
 }
 
 
 static void log_call_failure(fanout_t *fo, fcall_t *fc, const char *message)
 {
-    json_t *f = json_pack("{s:s, s:s, s:s, s:s, s:b, s:s}", "call",
-                          fc->conf->name, "service", fc->conf->service->name,
-                          "endpoint", fc->up.endpoint, "kind",
-                          aggregate_kind_name(fc->kind), "required",
-                          fc->conf->required, "error", message);
+    json_t *f =
+        json_pack("{s:s, s:s, s:s, s:s, s:b, s:s}", "call", fc->conf->name,
+                  "service", fc->conf->service->name, "endpoint",
+                  fc->up.endpoint, "kind", aggregate_kind_name(fc->kind),
+                  "required", fc->conf->required, "error", message);
     if (f != NULL && fc->status > 0) {
         json_object_set_new(f, "status", json_integer(fc->status));
     }
@@ -207,8 +216,7 @@ static void schedule_timer(fanout_t *fo)
     uint64_t next = 0;
     for (size_t i = 0; i < fo->ncalls; i++) {
         const fcall_t *fc = &fo->calls[i];
-        if (fc->state == FCALL_PENDING &&
-            (next == 0 || fc->expire_ns < next)) {
+        if (fc->state == FCALL_PENDING && (next == 0 || fc->expire_ns < next)) {
             next = fc->expire_ns;
         }
     }
@@ -243,8 +251,7 @@ static void on_timer(uv_timer_t *t)
             }
             char msg[128];
             if (is_deadline) {
-                snprintf(msg, sizeof(msg),
-                         "request deadline of %lld ms passed",
+                snprintf(msg, sizeof(msg), "request deadline of %lld ms passed",
                          (long long)ms_since(fo, fo->deadline_ns));
             } else {
                 snprintf(msg, sizeof(msg), "call timed out after %lld ms",
@@ -283,12 +290,14 @@ static void on_call_done(upcall_t *up, int err)
                  fc->conf->service->name, up->status);
         fail_call(fo, fc, KIND_STATUS, why, CAUSE_FIRST_ERROR);
     } else {
-        fc->value = aggregate_parse_body(up->status, up->body_out.data,
-                                         up->body_out.len, why, sizeof(why));
-        buf_free(&up->body_out);
-        if (fc->value == NULL) {
+        int rc = aggregate_check_body(up->status, up->body_out.data,
+                                      up->body_out.len, why, sizeof(why));
+        if (rc != 0) {
+            buf_free(&up->body_out);
             fail_call(fo, fc, KIND_BAD_RESPONSE, why, CAUSE_FIRST_ERROR);
         } else {
+            fc->raw = up->body_out;
+            up->body_out = (buf_t){0};
             fc->state = FCALL_OK;
             fc->end_ns = uv_hrtime();
             fo->pending--;
@@ -328,8 +337,8 @@ static int prepare_call(fanout_t *fo, fcall_t *fc, const call_t *conf,
 
     size_t n = 0;
     fc->headers[n++] = (upcall_header_t){"x-request-id", fo->request_id};
-    fc->headers[n++] = (upcall_header_t){"request-timeout-ms",
-                                         fc->timeout_header};
+    fc->headers[n++] =
+        (upcall_header_t){"request-timeout-ms", fc->timeout_header};
     fc->headers[n++] = (upcall_header_t){"accept", "application/json"};
 
     upcall_t *up = &fc->up;
@@ -343,8 +352,8 @@ static int prepare_call(fanout_t *fo, fcall_t *fc, const call_t *conf,
         up->body = req->body;
         up->body_len = req->body_len;
         if (fo->content_type != NULL) {
-            fc->headers[n++] = (upcall_header_t){"content-type",
-                                                 fo->content_type};
+            fc->headers[n++] =
+                (upcall_header_t){"content-type", fo->content_type};
         }
     }
     up->headers = fc->headers;
@@ -382,8 +391,8 @@ fanout_t *fanout_start(uv_loop_t *loop, upstream_t *up,
 
     uint64_t now = uv_hrtime();
     for (size_t i = 0; i < fo->ncalls; i++) {
-        if (prepare_call(fo, &fo->calls[i], &req->route->calls[i], req,
-                         now) != 0) {
+        if (prepare_call(fo, &fo->calls[i], &req->route->calls[i], req, now) !=
+            0) {
             goto fail;
         }
     }
@@ -492,12 +501,11 @@ json_t *fanout_calls_json(const fanout_t *fo)
     for (size_t i = 0; i < fo->ncalls; i++) {
         const fcall_t *fc = &fo->calls[i];
         uint64_t end = fc->end_ns != 0 ? fc->end_ns : uv_hrtime();
-        json_t *c = json_pack("{s:s, s:s, s:s, s:i, s:s, s:I}", "name",
-                              fc->conf->name, "service",
-                              fc->conf->service->name, "endpoint",
-                              fc->up.endpoint, "status", fc->status,
-                              "outcome", outcome_name(fc), "duration_ms",
-                              (json_int_t)ms_since(fo, end));
+        json_t *c = json_pack(
+            "{s:s, s:s, s:s, s:i, s:s, s:I}", "name", fc->conf->name, "service",
+            fc->conf->service->name, "endpoint", fc->up.endpoint, "status",
+            fc->status, "outcome", outcome_name(fc), "duration_ms",
+            (json_int_t)ms_since(fo, end));
         if (c != NULL && fc->state == FCALL_FAILED) {
             json_object_set_new(c, "kind",
                                 json_string(aggregate_kind_name(fc->kind)));
@@ -516,7 +524,7 @@ static void on_timer_closed(uv_handle_t *h)
         fcall_t *fc = &fo->calls[i];
         buf_free(&fc->path);
         buf_free(&fc->up.body_out);
-        json_decref(fc->value);
+        buf_free(&fc->raw);
         json_decref(fc->error);
     }
     free(fo->calls);

@@ -33,16 +33,16 @@ const char *fanout_cause_name(cancel_cause_t cause);
 
 typedef struct fanout_request_s {
     const route_t *route;
-    const char *const *values;  /* decoded route parameter values */
-    template_query_fn query;    /* inbound query parameter lookup */
+    const char *const *values; /* decoded route parameter values */
+    template_query_fn query;   /* inbound query parameter lookup */
     void *query_arg;
-    const char *request_id;     /* copied */
-    const char *body;           /* inbound body; must outlive the fan-out */
+    const char *request_id; /* copied */
+    const char *body;       /* inbound body; must outlive the fan-out */
     size_t body_len;
-    const char *content_type;   /* inbound Content-Type or NULL; copied */
-    uint64_t start_ns;          /* uv_hrtime() when the request arrived */
-    int64_t budget_ms;          /* deadline in ms from start_ns */
-    size_t max_body;            /* per-call response body limit */
+    const char *content_type; /* inbound Content-Type or NULL; copied */
+    uint64_t start_ns;        /* uv_hrtime() when the request arrived */
+    int64_t budget_ms;        /* deadline in ms from start_ns */
+    size_t max_body;          /* per-call response body limit */
 } fanout_request_t;
 
 /* Called once when the answer is decided (never for a client abort). */

@@ -29,7 +29,8 @@ static const char usage[] =
     "of its route and answers with one JSON object.\n"
     "\n"
     "  --config FILE     JSON configuration (services and routes)\n"
-    "  --listen H:P      address to listen on; overrides the file's \"listen\"\n"
+    "  --listen H:P      address to listen on; overrides the file's "
+    "\"listen\"\n"
     "  --workers N       worker threads, each with its own event loop\n"
     "                    (default: the number of online CPUs)\n"
     "  --log-level L     minimum level of the JSON log lines on stderr\n"
@@ -109,8 +110,10 @@ static int parse_options(int argc, char **argv, options_t *o)
             exit(0);
         }
         if (v == NULL) {
-            fprintf(stderr, "tutti: %s: unknown option or missing value; "
-                    "see tutti --help\n", a);
+            fprintf(stderr,
+                    "tutti: %s: unknown option or missing value; "
+                    "see tutti --help\n",
+                    a);
             return TE_INVALID;
         }
         i++;
@@ -121,20 +124,23 @@ static int parse_options(int argc, char **argv, options_t *o)
         } else if (strcmp(a, "--workers") == 0) {
             long n;
             if (parse_int(v, 1, MAX_WORKERS, &n) != 0) {
-                fprintf(stderr, "tutti: --workers: invalid value \"%s\"; "
-                        "expected an integer from 1 to %d\n", v, MAX_WORKERS);
+                fprintf(stderr,
+                        "tutti: --workers: invalid value \"%s\"; "
+                        "expected an integer from 1 to %d\n",
+                        v, MAX_WORKERS);
                 return TE_INVALID;
             }
             o->workers = (int)n;
         } else if (strcmp(a, "--log-level") == 0) {
             if (log_parse_level(v, &o->level) != 0) {
-                fprintf(stderr, "tutti: --log-level: invalid value \"%s\"; "
-                        "expected debug, info, warn or error\n", v);
+                fprintf(stderr,
+                        "tutti: --log-level: invalid value \"%s\"; "
+                        "expected debug, info, warn or error\n",
+                        v);
                 return TE_INVALID;
             }
         } else {
-            fprintf(stderr, "tutti: %s: unknown option; see tutti --help\n",
-                    a);
+            fprintf(stderr, "tutti: %s: unknown option; see tutti --help\n", a);
             return TE_INVALID;
         }
     }
@@ -216,9 +222,10 @@ static int open_listeners(const char *host, unsigned port, int n, int *fds,
             listen(fd, 1024) != 0) {
             char why[128];
             int e = errno;
-            snprintf(why, sizeof(why), "%s", uv_strerror(uv_translate_sys_error(e)));
-            fprintf(stderr, "tutti: cannot listen on %s:%u: %s\n", host,
-                    port, why);
+            snprintf(why, sizeof(why), "%s",
+                     uv_strerror(uv_translate_sys_error(e)));
+            fprintf(stderr, "tutti: cannot listen on %s:%u: %s\n", host, port,
+                    why);
             close(fd);
             return TE_INVALID;
         }
@@ -251,8 +258,7 @@ static void on_signal(uv_signal_t *h, int signum)
 {
     signals_seen++;
     if (signals_seen > 1) {
-        log_msg(LOG_WARN, NULL, "second signal %d: exiting at once",
-                signum);
+        log_msg(LOG_WARN, NULL, "second signal %d: exiting at once", signum);
         _exit(1);
     }
     log_msg(LOG_INFO, NULL, "signal %d: stopping", signum);
@@ -308,13 +314,16 @@ int main(int argc, char **argv)
     snprintf(host, sizeof(host), "%s", cfg->listen_host);
     if (opt.listen != NULL &&
         split_listen(opt.listen, host, sizeof(host), &port) != 0) {
-        fprintf(stderr, "tutti: --listen: invalid address \"%s\"; expected "
-                "HOST:PORT\n", opt.listen);
+        fprintf(stderr,
+                "tutti: --listen: invalid address \"%s\"; expected "
+                "HOST:PORT\n",
+                opt.listen);
         config_free(cfg);
         return 2;
     }
 
-    nworkers = opt.workers > 0 ? opt.workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    nworkers =
+        opt.workers > 0 ? opt.workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (nworkers < 1) {
         nworkers = 1;
     }

@@ -11,10 +11,10 @@
 
 typedef enum {
     ROUTER_MATCH = 0,
-    ROUTER_NOT_FOUND,     /* no route has this path */
-    ROUTER_NO_METHOD,     /* the path exists under other methods */
-    ROUTER_BAD_PATH,      /* malformed escape, NUL, or a "." / ".." value */
-    ROUTER_NOMEM,         /* allocation failed (the gateway replies 500) */
+    ROUTER_NOT_FOUND, /* no route has this path */
+    ROUTER_NO_METHOD, /* the path exists under other methods */
+    ROUTER_BAD_PATH,  /* malformed escape, NUL, or a "." / ".." value */
+    ROUTER_NOMEM,     /* allocation failed (the gateway replies 500) */
 } router_result_t;
 
 typedef struct router_match_s {
@@ -31,7 +31,6 @@ typedef struct router_match_s {
  * later call reuses m->storage. On ROUTER_NO_METHOD, |allow| (may be
  * NULL) is reset and receives the allowed methods as "GET, POST". */
 router_result_t router_match(const config_t *cfg, const char *method,
-                             const char *path, router_match_t *m,
-                             buf_t *allow);
+                             const char *path, router_match_t *m, buf_t *allow);
 
 #endif

@@ -50,13 +50,13 @@ struct req_s {
     int client_fd;
     bool poll_active;
     bool poll_open;
-    bool completed;  /* MHD reported the request complete */
+    bool completed; /* MHD reported the request complete */
     bool client_gone;
     bool suspended;
     int status;
     char *answer;
     size_t answer_len;
-    buf_t extra;      /* "Allow" value, or the Tutti-Partial list */
+    buf_t extra; /* "Allow" value, or the Tutti-Partial list */
     req_str_t *strings;
 };
 
@@ -96,8 +96,8 @@ static bool valid_request_id(const char *s)
 
 static void set_request_id(req_t *r)
 {
-    const char *in = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND,
-                                                 "X-Request-Id");
+    const char *in =
+        MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Request-Id");
     if (in != NULL && valid_request_id(in)) {
         snprintf(r->request_id, sizeof(r->request_id), "%s", in);
         return;
@@ -140,9 +140,8 @@ static enum MHD_Result queue_answer(req_t *r)
     MHD_add_response_header(resp, "Content-Type", "application/json");
     MHD_add_response_header(resp, "X-Request-Id", r->request_id);
     if (r->extra.len > 0) {
-        MHD_add_response_header(resp, r->status == 405 ? "Allow"
-                                                       : "Tutti-Partial",
-                                r->extra.data);
+        MHD_add_response_header(
+            resp, r->status == 405 ? "Allow" : "Tutti-Partial", r->extra.data);
     }
     if (r->w->draining) {
         MHD_add_response_header(resp, "Connection", "close");
@@ -250,8 +249,7 @@ static void on_client_event(uv_poll_t *p, int status, int events)
     bool gone = status < 0;
 
     if (!gone) {
-        ssize_t n = recv(r->client_fd, &byte, 1,
-                         MSG_PEEK | MSG_DONTWAIT);
+        ssize_t n = recv(r->client_fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
         if (n == 0) {
             gone = true;
         } else if (n < 0) {
@@ -287,8 +285,7 @@ static void watch_client(req_t *r)
         return;
     }
     r->client_fd = ci->connect_fd;
-    if (uv_poll_init_socket(&r->w->loop, &r->client_poll, r->client_fd) !=
-        0) {
+    if (uv_poll_init_socket(&r->w->loop, &r->client_poll, r->client_fd) != 0) {
         log_msg(LOG_WARN, r->request_id,
                 "cannot watch the client socket; a client abort will be "
                 "noticed only at the answer");
@@ -394,8 +391,10 @@ static void route_request(req_t *r, const char *url)
         answer_simple(r, 404, "not_found", msg);
         return;
     case ROUTER_NO_METHOD:
-        snprintf(msg, sizeof(msg), "method %s is not allowed on %.150s; "
-                 "allowed: %s", r->method, url, r->extra.data);
+        snprintf(msg, sizeof(msg),
+                 "method %s is not allowed on %.150s; "
+                 "allowed: %s",
+                 r->method, url, r->extra.data);
         answer_simple(r, 405, "method_not_allowed", msg);
         return;
     case ROUTER_NOMEM:
@@ -403,8 +402,10 @@ static void route_request(req_t *r, const char *url)
         return;
     case ROUTER_BAD_PATH:
         buf_reset(&r->extra);
-        snprintf(msg, sizeof(msg), "invalid path %.200s: malformed "
-                 "percent-encoding or a \".\" or \"..\" segment", url);
+        snprintf(msg, sizeof(msg),
+                 "invalid path %.200s: malformed "
+                 "percent-encoding or a \".\" or \"..\" segment",
+                 url);
         answer_simple(r, 400, "bad_request", msg);
         return;
     default:
@@ -425,17 +426,18 @@ static void route_request(req_t *r, const char *url)
     if (cl != NULL) {
         unsigned long long n = strtoull(cl, NULL, 10);
         if (n > cfg->max_request_body_bytes) {
-            snprintf(msg, sizeof(msg), "request body of %llu bytes is larger "
-                     "than the limit of %zu bytes", n,
-                     cfg->max_request_body_bytes);
+            snprintf(msg, sizeof(msg),
+                     "request body of %llu bytes is larger "
+                     "than the limit of %zu bytes",
+                     n, cfg->max_request_body_bytes);
             answer_simple(r, 413, "payload_too_large", msg);
         }
     }
 }
 
 
-static req_t *req_new(worker_t *w, struct MHD_Connection *conn,
-                      const char *url, const char *method)
+static req_t *req_new(worker_t *w, struct MHD_Connection *conn, const char *url,
+                      const char *method)
 {
     req_t *r = calloc(1, sizeof(*r));
     if (r == NULL) {
@@ -460,8 +462,7 @@ static req_t *req_new(worker_t *w, struct MHD_Connection *conn,
 
 enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
                                   const char *url, const char *method,
-                                  const char *version,
-                                  const char *upload_data,
+                                  const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls)
 {
     worker_t *w = cls;
@@ -488,8 +489,10 @@ enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
         size_t max = w->cfg->max_request_body_bytes;
         if (r->body.len + *upload_data_size > max) {
             char msg[160];
-            snprintf(msg, sizeof(msg), "request body is larger than the "
-                     "limit of %zu bytes", max);
+            snprintf(msg, sizeof(msg),
+                     "request body is larger than the "
+                     "limit of %zu bytes",
+                     max);
             *upload_data_size = 0;
             answer_simple(r, 413, "payload_too_large", msg);
             return queue_answer(r);
@@ -513,11 +516,11 @@ enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
 static void log_access(req_t *r)
 {
     uint64_t now = uv_hrtime();
-    json_t *f = json_pack(
-        "{s:s, s:s, s:s?, s:i, s:f}", "method", r->method, "path",
-        r->path != NULL ? r->path : "", "route",
-        r->route != NULL ? r->route->path : NULL, "status", r->status,
-        "duration_ms", (double)(now - r->start_ns) / 1e6);
+    json_t *f =
+        json_pack("{s:s, s:s, s:s?, s:i, s:f}", "method", r->method, "path",
+                  r->path != NULL ? r->path : "", "route",
+                  r->route != NULL ? r->route->path : NULL, "status", r->status,
+                  "duration_ms", (double)(now - r->start_ns) / 1e6);
     if (f != NULL && r->fo != NULL) {
         cancel_cause_t cause = fanout_cause(r->fo);
         if (cause != CAUSE_NONE) {
@@ -530,8 +533,8 @@ static void log_access(req_t *r)
 }
 
 
-void server_on_completed(void *cls, struct MHD_Connection *conn,
-                         void **con_cls, enum MHD_RequestTerminationCode toe)
+void server_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
 {
     worker_t *w = cls;
     req_t *r = *con_cls;

@@ -10,13 +10,11 @@
 /* MHD_AccessHandlerCallback; |cls| is the worker. */
 enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
                                   const char *url, const char *method,
-                                  const char *version,
-                                  const char *upload_data,
+                                  const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls);
 
 /* MHD_RequestCompletedCallback; |cls| is the worker. */
-void server_on_completed(void *cls, struct MHD_Connection *conn,
-                         void **con_cls,
+void server_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe);
 
 /* MHD_UnescapeCallback that keeps the target as sent, so that the router

@@ -21,9 +21,9 @@ typedef enum {
 
 typedef struct tpl_part_s {
     tpl_kind_t kind;
-    char *text;       /* literal text, or the parameter name */
-    int param_index;  /* TPL_PARAM: index into the route's parameters */
-    bool in_query;    /* the part stands after the first "?" */
+    char *text;      /* literal text, or the parameter name */
+    int param_index; /* TPL_PARAM: index into the route's parameters */
+    bool in_query;   /* the part stands after the first "?" */
 } tpl_part_t;
 
 typedef struct template_s {

@@ -114,8 +114,7 @@ static void on_stop(uv_async_t *a)
         close(fd);
     }
     w->listen_fd = -1;
-    log_msg(LOG_INFO, NULL, "draining: %zu requests in flight",
-            w->ninflight);
+    log_msg(LOG_INFO, NULL, "draining: %zu requests in flight", w->ninflight);
     if (w->ninflight == 0) {
         uv_timer_start(&w->finish_timer, on_finish, 0, 0);
         return;
@@ -167,8 +166,7 @@ static int setup(worker_t *w)
     }
     build_services(w);
     if (upstream_new(&w->loop, w->services, w->cfg->nservices,
-                     w->cfg->resolver_servers, &w->up, err,
-                     sizeof(err)) != 0) {
+                     w->cfg->resolver_servers, &w->up, err, sizeof(err)) != 0) {
         log_msg(LOG_ERROR, NULL, "worker %d: %s", w->id, err);
         return TE_INVALID;
     }

@@ -31,14 +31,14 @@ typedef struct worker_s {
     uv_timer_t finish_timer;
     upstream_t *up;
     upstream_service_t *services;
-    req_t *inflight;      /* requests between arrival and completion */
+    req_t *inflight; /* requests between arrival and completion */
     size_t ninflight;
-    bool draining;        /* stop requested: answers carry Connection: close */
+    bool draining; /* stop requested: answers carry Connection: close */
     bool grace_over;
     bool finished;
     uint64_t next_request_id;
     uint64_t id_seed;
-    uv_async_t *exited;   /* main thread's, signalled when the loop ends */
+    uv_async_t *exited;    /* main thread's, signalled when the loop ends */
     atomic_int loop_ended; /* set by the worker before signalling exited */
     int start_error;
 } worker_t;

@@ -180,3 +180,21 @@ def test_log_lines_have_fields(gateway, faultd):
     for entry in lines:
         for key in ("time", "level", "worker", "msg"):
             assert key in entry, entry
+
+
+def test_bodies_pass_through_unchanged(gateway, faultd):
+    """Downstream JSON is placed in the answer byte for byte: a decimal
+    keeps its text and an integer wider than 64 bits is not rejected."""
+    gw = gateway(
+        {"svc": service(faultd.h1_url)},
+        [route("/numbers", [
+            call("price", "svc", "/p?body=raw&text=%7B%22p%22%3A0.92%7D"),
+            call("big", "svc",
+                 "/b?body=raw&text=123456789012345678901234567890"),
+        ])])
+
+    resp = gw.get("/numbers")
+
+    assert resp.status == 200, resp
+    assert resp.body == (b'{"price":{"p":0.92},'
+                         b'"big":123456789012345678901234567890}'), resp

@@ -66,8 +66,7 @@ static void test_aggregate_kind_names(void **state)
     assert_string_equal(aggregate_kind_name(KIND_RESOLVE), "resolve");
     assert_string_equal(aggregate_kind_name(KIND_RESET), "reset");
     assert_string_equal(aggregate_kind_name(KIND_STATUS), "status");
-    assert_string_equal(aggregate_kind_name(KIND_BAD_RESPONSE),
-                        "bad_response");
+    assert_string_equal(aggregate_kind_name(KIND_BAD_RESPONSE), "bad_response");
     assert_string_equal(aggregate_kind_name(KIND_SHUTDOWN), "shutdown");
 }
 
@@ -114,66 +113,114 @@ static void test_aggregate_error_invalid_utf8_message(void **state)
 static void test_aggregate_simple_error(void **state)
 {
     size_t len = 0;
-    char *body = aggregate_simple_error("not_found", "no route for path /x",
-                                        &len);
+    char *body =
+        aggregate_simple_error("not_found", "no route for path /x", &len);
     assert_string_equal(body, "{\"error\":{\"kind\":\"not_found\","
                               "\"message\":\"no route for path /x\"}}");
     free(body);
 }
 
 
-static void test_aggregate_parse_204_is_null(void **state)
+static void test_aggregate_check_204_without_body(void **state)
 {
     char why[128] = "";
-    json_t *v = aggregate_parse_body(204, "", 0, why, sizeof(why));
-    assert_non_null(v);
-    assert_true(json_is_null(v));
-    json_decref(v);
+    assert_int_equal(aggregate_check_body(204, "", 0, why, sizeof(why)), 0);
 }
 
 
-static void test_aggregate_parse_scalars_and_arrays(void **state)
+static void test_aggregate_check_scalars_and_arrays(void **state)
 {
-    const char *texts[] = {"{\"a\":1}", "[1,2]", "42", "\"s\"", "true",
-                           "null"};
+    const char *texts[] = {
+        "{\"a\":1}", "[1,2]", "42",   "\"s\"",
+        "true",      "null",  " {} ", "123456789012345678901234567890"};
     for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
         char why[128] = "";
-        json_t *v = aggregate_parse_body(200, texts[i], strlen(texts[i]), why,
-                                         sizeof(why));
-        assert_non_null(v);
-        char *back = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
-        assert_string_equal(back, texts[i]);
-        free(back);
-        json_decref(v);
+        int rc = aggregate_check_body(200, texts[i], strlen(texts[i]), why,
+                                      sizeof(why));
+        assert_int_equal(rc, 0);
     }
 }
 
 
-static void test_aggregate_parse_empty_200_fails(void **state)
+static void test_aggregate_check_empty_200_fails(void **state)
 {
     char why[128] = "";
-    json_t *v = aggregate_parse_body(200, "", 0, why, sizeof(why));
-    assert_null(v);
+    int rc = aggregate_check_body(200, "", 0, why, sizeof(why));
+    assert_int_equal(rc, TE_BAD_RESPONSE);
     assert_string_equal(why,
                         "empty response body with status 200; expected JSON");
 }
 
 
-static void test_aggregate_parse_invalid_json_fails(void **state)
+static void test_aggregate_check_invalid_json_fails(void **state)
 {
     char why[128] = "";
-    json_t *v = aggregate_parse_body(200, "{\"broken\": ", 11, why,
-                                     sizeof(why));
-    assert_null(v);
+    int rc = aggregate_check_body(200, "{\"broken\": ", 11, why, sizeof(why));
+    assert_int_equal(rc, TE_BAD_RESPONSE);
     assert_non_null(strstr(why, "response body is not valid JSON"));
 }
 
 
-static void test_aggregate_parse_trailing_garbage_fails(void **state)
+static void test_aggregate_check_trailing_garbage_fails(void **state)
 {
     char why[128] = "";
-    json_t *v = aggregate_parse_body(200, "{} x", 4, why, sizeof(why));
-    assert_null(v);
+    int rc = aggregate_check_body(200, "{} x", 4, why, sizeof(why));
+    assert_int_equal(rc, TE_BAD_RESPONSE);
+}
+
+
+static void test_aggregate_build_keeps_bytes(void **state)
+{
+    buf_t out = {0};
+    const char *a = "{\"price\": 0.92, \"n\": 1e400}";
+    const char *b = "[12345678901234567890123]";
+    assert_int_equal(aggregate_add_result(&out, "a", a, strlen(a)), 0);
+    assert_int_equal(aggregate_add_result(&out, "b", b, strlen(b)), 0);
+    assert_int_equal(aggregate_add_result(&out, "c", NULL, 0), 0);
+    assert_int_equal(aggregate_finish(&out, NULL), 0);
+    assert_string_equal(out.data,
+                        "{\"a\":{\"price\": 0.92, \"n\": 1e400},"
+                        "\"b\":[12345678901234567890123],\"c\":null}");
+    buf_free(&out);
+}
+
+
+static void test_aggregate_build_with_errors(void **state)
+{
+    buf_t out = {0};
+    json_t *errors = json_object();
+    json_object_set_new(errors, "orders",
+                        aggregate_error_object("orders", KIND_TIMEOUT, 0,
+                                               "call timed out after 5 ms", 5));
+    assert_int_equal(aggregate_add_result(&out, "p", "1", 1), 0);
+    assert_int_equal(aggregate_finish(&out, errors), 0);
+    assert_string_equal(out.data,
+                        "{\"p\":1,\"errors\":{\"orders\":{\"call\":"
+                        "\"orders\",\"kind\":\"timeout\",\"message\":"
+                        "\"call timed out after 5 ms\",\"elapsed_ms\":5}}}");
+    json_decref(errors);
+    buf_free(&out);
+}
+
+
+static void test_aggregate_build_only_errors(void **state)
+{
+    buf_t out = {0};
+    json_t *errors = json_object();
+    json_object_set_new(errors, "x", json_null());
+    assert_int_equal(aggregate_finish(&out, errors), 0);
+    assert_string_equal(out.data, "{\"errors\":{\"x\":null}}");
+    json_decref(errors);
+    buf_free(&out);
+}
+
+
+static void test_aggregate_build_empty(void **state)
+{
+    buf_t out = {0};
+    assert_int_equal(aggregate_finish(&out, NULL), 0);
+    assert_string_equal(out.data, "{}");
+    buf_free(&out);
 }
 
 
@@ -190,11 +237,15 @@ int main(void)
         cmocka_unit_test(test_aggregate_error_body_without_status),
         cmocka_unit_test(test_aggregate_error_invalid_utf8_message),
         cmocka_unit_test(test_aggregate_simple_error),
-        cmocka_unit_test(test_aggregate_parse_204_is_null),
-        cmocka_unit_test(test_aggregate_parse_scalars_and_arrays),
-        cmocka_unit_test(test_aggregate_parse_empty_200_fails),
-        cmocka_unit_test(test_aggregate_parse_invalid_json_fails),
-        cmocka_unit_test(test_aggregate_parse_trailing_garbage_fails),
+        cmocka_unit_test(test_aggregate_check_204_without_body),
+        cmocka_unit_test(test_aggregate_check_scalars_and_arrays),
+        cmocka_unit_test(test_aggregate_check_empty_200_fails),
+        cmocka_unit_test(test_aggregate_check_invalid_json_fails),
+        cmocka_unit_test(test_aggregate_check_trailing_garbage_fails),
+        cmocka_unit_test(test_aggregate_build_keeps_bytes),
+        cmocka_unit_test(test_aggregate_build_with_errors),
+        cmocka_unit_test(test_aggregate_build_only_errors),
+        cmocka_unit_test(test_aggregate_build_empty),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
