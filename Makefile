@@ -21,7 +21,7 @@ ALL_CFLAGS = -std=c11 $(WARN) $(CFLAGS) $(SANFLAGS) -MMD -MP \
 	$(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -lpthread
 
-CLIENT_SRCS = clients/buf.c clients/errors.c clients/resolver.c \
+CLIENT_SRCS = clients/buf.c clients/errors.c clients/sockaddr.c clients/resolver.c \
 	clients/upstream.c clients/h1.c clients/h2.c
 GATEWAY_SRCS = gateway/log.c gateway/config.c gateway/template.c \
 	gateway/router.c gateway/aggregate.c gateway/fanout.c \

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "errors.h"
+#include "sockaddr.h"
 
 /* Size of the read buffer. One buffer serves every connection of a pool,
  * because libuv calls the alloc callback, read(2) and the read callback
@@ -584,40 +585,19 @@ static int conn_open(h1_pool_t *pool, upcall_t *call)
 
 h1_pool_t *h1_pool_new(uv_loop_t *loop, const struct sockaddr *addr)
 {
-    h1_pool_t *pool;
-    char ip[INET6_ADDRSTRLEN];
-    size_t addrlen;
-    int port;
-    int rc;
-
-    if (addr->sa_family == AF_INET) {
-        const struct sockaddr_in *sin = (const struct sockaddr_in *)addr;
-        addrlen = sizeof(*sin);
-        port = ntohs(sin->sin_port);
-        rc = uv_ip4_name(sin, ip, sizeof(ip));
-    } else if (addr->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)addr;
-        addrlen = sizeof(*sin6);
-        port = ntohs(sin6->sin6_port);
-        rc = uv_ip6_name(sin6, ip, sizeof(ip));
-    } else {
-        return NULL;
-    }
-    if (rc != 0) {
+    char endpoint[sizeof(((h1_pool_t *)0)->endpoint)];
+    size_t addrlen = sockaddr_describe(addr, endpoint, sizeof(endpoint));
+    if (addrlen == 0) {
         return NULL;
     }
 
-    pool = calloc(1, sizeof(*pool));
+    h1_pool_t *pool = calloc(1, sizeof(*pool));
     if (pool == NULL) {
         return NULL;
     }
     pool->loop = loop;
     memcpy(&pool->addr, addr, addrlen);
-    if (addr->sa_family == AF_INET6) {
-        snprintf(pool->endpoint, sizeof(pool->endpoint), "[%s]:%d", ip, port);
-    } else {
-        snprintf(pool->endpoint, sizeof(pool->endpoint), "%s:%d", ip, port);
-    }
+    memcpy(pool->endpoint, endpoint, sizeof(endpoint));
     return pool;
 }
 

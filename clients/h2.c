@@ -20,6 +20,7 @@
 #include <nghttp2/nghttp2.h>
 
 #include "errors.h"
+#include "sockaddr.h"
 
 /* Receive window per stream (SETTINGS_INITIAL_WINDOW_SIZE) and for the
  * whole connection. The RFC 9113 default of 65535 bytes would cap a
@@ -931,21 +932,9 @@ static int conn_open(h2_pool_t *pool, upcall_t *call, h2_conn_t **out)
 
 h2_pool_t *h2_pool_new(uv_loop_t *loop, const struct sockaddr *addr)
 {
-    char ip[INET6_ADDRSTRLEN];
-    size_t addrlen;
-    int port;
-
-    if (addr->sa_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)addr;
-        addrlen = sizeof(*in);
-        port = ntohs(in->sin_port);
-        uv_ip4_name(in, ip, sizeof(ip));
-    } else if (addr->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)addr;
-        addrlen = sizeof(*in6);
-        port = ntohs(in6->sin6_port);
-        uv_ip6_name(in6, ip, sizeof(ip));
-    } else {
+    char endpoint[sizeof(((h2_pool_t *)0)->endpoint)];
+    size_t addrlen = sockaddr_describe(addr, endpoint, sizeof(endpoint));
+    if (addrlen == 0) {
         return NULL;
     }
 
@@ -959,11 +948,7 @@ h2_pool_t *h2_pool_new(uv_loop_t *loop, const struct sockaddr *addr)
     }
     pool->loop = loop;
     memcpy(&pool->addr, addr, addrlen);
-    if (addr->sa_family == AF_INET6) {
-        snprintf(pool->endpoint, sizeof(pool->endpoint), "[%s]:%d", ip, port);
-    } else {
-        snprintf(pool->endpoint, sizeof(pool->endpoint), "%s:%d", ip, port);
-    }
+    memcpy(pool->endpoint, endpoint, sizeof(endpoint));
     pool->deliver_timer.data = pool;
     pool->handles = 1;
     return pool;

@@ -10,6 +10,7 @@
 #include "h1.h"
 #include "h2.h"
 #include "resolver.h"
+#include "sockaddr.h"
 
 /* Where a started call sits, for upstream_cancel. */
 enum {
@@ -44,22 +45,6 @@ struct upstream_s {
     upcall_t *failed; /* calls that failed before reaching a pool */
     uv_timer_t failed_timer;
 };
-
-
-static void format_endpoint(const struct sockaddr_storage *ss, char *out,
-                            size_t len)
-{
-    char ip[INET6_ADDRSTRLEN] = "?";
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
-        inet_ntop(AF_INET, &sin->sin_addr, ip, sizeof(ip));
-        snprintf(out, len, "%s:%u", ip, ntohs(sin->sin_port));
-    } else {
-        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
-        inet_ntop(AF_INET6, &sin6->sin6_addr, ip, sizeof(ip));
-        snprintf(out, len, "[%s]:%u", ip, ntohs(sin6->sin6_port));
-    }
-}
 
 
 /* uv_timer_cb: reports the calls that failed before reaching a pool. The
@@ -166,7 +151,8 @@ static void on_resolved(void *arg, int err, const resolver_result_t *res)
             fail_later(up, call, err == TE_NOMEM ? TE_NOMEM : TE_RESOLVE);
             continue;
         }
-        format_endpoint(&s->addr, call->endpoint, sizeof(call->endpoint));
+        sockaddr_describe((struct sockaddr *)&s->addr, call->endpoint,
+                          sizeof(call->endpoint));
         submit_to_pool(up, s, call);
     }
 }
@@ -218,7 +204,8 @@ void upstream_start(upstream_t *up, size_t service, upcall_t *call)
     call->up_owner = NULL;
 
     if (s->state == SVC_RESOLVED) {
-        format_endpoint(&s->addr, call->endpoint, sizeof(call->endpoint));
+        sockaddr_describe((struct sockaddr *)&s->addr, call->endpoint,
+                          sizeof(call->endpoint));
         submit_to_pool(up, s, call);
         return;
     }
