@@ -13,7 +13,7 @@ SANFLAGS =
 endif
 
 CC ?= cc
-PKGS = libmicrohttpd libnghttp2 libcares jansson libuv
+PKGS = libmicrohttpd libnghttp2 libcares jansson libuv openssl
 CFLAGS ?= -O2 -g
 WARN = -Wall -Wextra -Wstrict-prototypes -Wshadow -Wno-unused-parameter -Wno-format-truncation -Werror
 CPPFLAGS += -D_GNU_SOURCE -Igateway -Iclients

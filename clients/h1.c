@@ -583,7 +583,8 @@ static int conn_open(h1_pool_t *pool, upcall_t *call)
 }
 
 
-h1_pool_t *h1_pool_new(uv_loop_t *loop, const struct sockaddr *addr)
+h1_pool_t *h1_pool_new(uv_loop_t *loop, const struct sockaddr *addr,
+                       const pool_options_t *opts)
 {
     char endpoint[sizeof(((h1_pool_t *)0)->endpoint)];
     size_t addrlen = sockaddr_describe(addr, endpoint, sizeof(endpoint));

@@ -7,13 +7,15 @@
 #include <sys/socket.h>
 #include <uv.h>
 
+#include "pool.h"
 #include "upcall.h"
 
 typedef struct h1_pool_s h1_pool_t;
 
-/* Creates a pool for the endpoint |addr| (copied). Returns NULL on
- * allocation failure. */
-h1_pool_t *h1_pool_new(uv_loop_t *loop, const struct sockaddr *addr);
+/* Creates a pool for the endpoint |addr| (copied) with |opts| (copied;
+ * NULL for defaults). Returns NULL on allocation failure. */
+h1_pool_t *h1_pool_new(uv_loop_t *loop, const struct sockaddr *addr,
+                       const pool_options_t *opts);
 
 /* Starts |call| on an idle connection, or on a new one. Returns 0, after
  * which on_done follows exactly once unless h1_pool_cancel is called; or a

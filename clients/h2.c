@@ -930,7 +930,8 @@ static int conn_open(h2_pool_t *pool, upcall_t *call, h2_conn_t **out)
 }
 
 
-h2_pool_t *h2_pool_new(uv_loop_t *loop, const struct sockaddr *addr)
+h2_pool_t *h2_pool_new(uv_loop_t *loop, const struct sockaddr *addr,
+                       const pool_options_t *opts)
 {
     char endpoint[sizeof(((h2_pool_t *)0)->endpoint)];
     size_t addrlen = sockaddr_describe(addr, endpoint, sizeof(endpoint));

@@ -7,13 +7,15 @@
 #include <sys/socket.h>
 #include <uv.h>
 
+#include "pool.h"
 #include "upcall.h"
 
 typedef struct h2_pool_s h2_pool_t;
 
-/* Creates a pool for the endpoint |addr| (copied). Returns NULL on
- * allocation failure. */
-h2_pool_t *h2_pool_new(uv_loop_t *loop, const struct sockaddr *addr);
+/* Creates a pool for the endpoint |addr| (copied) with |opts| (copied;
+ * NULL for defaults). Returns NULL on allocation failure. */
+h2_pool_t *h2_pool_new(uv_loop_t *loop, const struct sockaddr *addr,
+                       const pool_options_t *opts);
 
 /* Opens a stream for |call|, connecting first if needed. Returns 0, after
  * which on_done follows exactly once unless h2_pool_cancel is called; or a

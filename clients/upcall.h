@@ -47,6 +47,10 @@ struct upcall_s {
     size_t max_body; /* a larger response body fails with TE_BAD_RESPONSE */
     upcall_done_cb on_done;
     void *data; /* caller's pointer */
+    /* uv_hrtime() by which the call ends. Pools use it to decide whether a
+     * retry (another connection, another address) still has time; the
+     * caller's own timer enforces it. 0: none. */
+    uint64_t deadline_ns;
 
     /* Result, valid in on_done. */
     int status;       /* HTTP status, 0 if none was received */

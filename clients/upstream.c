@@ -127,9 +127,9 @@ static void on_resolved(void *arg, int err, const resolver_result_t *res)
          * the life of the worker. */
         s->addr = res->addrs[0];
         if (svc->proto == UPSTREAM_H2C) {
-            s->h2 = h2_pool_new(up->loop, (struct sockaddr *)&s->addr);
+            s->h2 = h2_pool_new(up->loop, (struct sockaddr *)&s->addr, NULL);
         } else {
-            s->h1 = h1_pool_new(up->loop, (struct sockaddr *)&s->addr);
+            s->h1 = h1_pool_new(up->loop, (struct sockaddr *)&s->addr, NULL);
         }
         if (s->h1 == NULL && s->h2 == NULL) {
             err = TE_NOMEM;

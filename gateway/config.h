@@ -11,9 +11,33 @@
 #include "template.h"
 
 typedef enum {
-    SCHEME_HTTP, /* http://: HTTP/1.1 over TCP */
-    SCHEME_H2C,  /* h2c://: HTTP/2 over TCP with prior knowledge */
+    SCHEME_HTTP,  /* http://: HTTP/1.1 over TCP */
+    SCHEME_H2C,   /* h2c://: HTTP/2 over TCP with prior knowledge */
+    SCHEME_HTTPS, /* https://: HTTP/1.1 over TLS */
+    SCHEME_H2,    /* h2://: HTTP/2 over TLS, ALPN "h2" */
 } scheme_t;
+
+/* Connection, discovery and TLS settings of a service. The top-level
+ * "defaults" object sets them for every service; a service's own keys
+ * override it. */
+typedef struct service_options_s {
+    int64_t timeout_ms;         /* "timeout_ms"; -1: none */
+    int64_t max_connections;    /* per endpoint per worker; default 128 */
+    int64_t connect_timeout_ms; /* per address, TCP + TLS; default 250 */
+    int64_t idle_timeout_ms;    /* default 30000 */
+    int64_t ping_interval_ms;   /* HTTP/2 idle PING; default 10000, 0 off */
+    int64_t dns_min_ttl_ms;     /* default 1000 */
+    int64_t dns_max_ttl_ms;     /* default 60000 */
+    int64_t dns_max_stale_ms;   /* default 300000 */
+    int64_t eject_after;        /* consecutive failures; default 3 */
+    int64_t eject_base_ms;      /* first ejection; default 1000 */
+    int64_t eject_max_ms;       /* longest ejection; default 30000 */
+    char *ca_file;              /* NULL: the system's CA store */
+    char *cert_file;            /* client certificate (mTLS) or NULL */
+    char *key_file;             /* its key or NULL */
+    char *server_name;          /* SNI / verified name; default the host */
+    bool tls_verify;            /* default true */
+} service_options_t;
 
 typedef struct service_s {
     char *name;

@@ -348,6 +348,7 @@ static int prepare_call(fanout_t *fo, fcall_t *fc, const call_t *conf,
     up->max_body = req->max_body;
     up->on_done = on_call_done;
     up->data = fc;
+    up->deadline_ns = fc->expire_ns;
     if (conf->forward_body && req->body_len > 0) {
         up->body = req->body;
         up->body_len = req->body_len;

@@ -332,7 +332,7 @@ static int setup(void **state)
         0);
     srv->port = ntohs(f->addr.sin_port);
 
-    f->pool = h1_pool_new(&f->loop, (const struct sockaddr *)&f->addr);
+    f->pool = h1_pool_new(&f->loop, (const struct sockaddr *)&f->addr, NULL);
     assert_non_null(f->pool);
     calls_finished = 0;
     *state = f;
@@ -695,7 +695,8 @@ static void test_h1_connection_refused(void **state)
     uv_close((uv_handle_t *)&probe, on_closed_probe);
     run_until(&f->loop, &closed, 1);
 
-    h1_pool_t *pool = h1_pool_new(&f->loop, (const struct sockaddr *)&addr);
+    h1_pool_t *pool =
+        h1_pool_new(&f->loop, (const struct sockaddr *)&addr, NULL);
     assert_non_null(pool);
     result_init(&r, f, "GET", "/");
     r.pool = pool;

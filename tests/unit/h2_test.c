@@ -358,7 +358,8 @@ static h2_pool_t *pool_for_port(fixture_t *f, int port)
 {
     struct sockaddr_in sin;
     assert_int_equal(uv_ip4_addr("127.0.0.1", port, &sin), 0);
-    h2_pool_t *pool = h2_pool_new(&f->loop, (const struct sockaddr *)&sin);
+    h2_pool_t *pool =
+        h2_pool_new(&f->loop, (const struct sockaddr *)&sin, NULL);
     assert_non_null(pool);
     return pool;
 }
