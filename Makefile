@@ -22,6 +22,7 @@ ALL_CFLAGS = -std=c11 $(WARN) $(CFLAGS) $(SANFLAGS) -MMD -MP \
 LDLIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lhttp_parser -lpthread
 
 CLIENT_SRCS = clients/buf.c clients/errors.c clients/sockaddr.c clients/resolver.c \
+	clients/transport.c \
 	clients/upstream.c clients/h1.c clients/h2.c
 GATEWAY_SRCS = gateway/log.c gateway/config.c gateway/template.c \
 	gateway/router.c gateway/aggregate.c gateway/fanout.c \
@@ -31,7 +32,7 @@ MAIN_SRC = gateway/main.c
 LIB_OBJS = $(patsubst %.c,$(BUILD)/obj/%.o,$(CLIENT_SRCS) $(GATEWAY_SRCS))
 MAIN_OBJ = $(BUILD)/obj/$(MAIN_SRC:.c=.o)
 
-UNIT_TESTS = config router template aggregate h1 h2
+UNIT_TESTS = config router template aggregate h1 h2 upstream transport
 UNIT_BINS = $(patsubst %,$(BUILD)/tests/%_test,$(UNIT_TESTS))
 
 FIXTURE_SRCS = tests/fixture/faultd.c

@@ -1,5 +1,6 @@
-/* HTTP/1.1 client: keep-alive connections to one endpoint over libuv TCP
- * handles, responses parsed with libhttp-parser. */
+/* HTTP/1.1 client: keep-alive connections to one endpoint through the
+ * transport (TCP, or TLS for https), responses parsed with
+ * libhttp-parser. */
 #include "h1.h"
 
 #include <http_parser.h>
@@ -8,28 +9,45 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "errors.h"
 #include "sockaddr.h"
 
-/* Size of the read buffer. One buffer serves every connection of a pool,
- * because libuv calls the alloc callback, read(2) and the read callback
- * back to back on the loop thread. */
-#define H1_READ_SIZE 65536
+/* Limits on the header section and on the trailer section of one
+ * response. The count is the status text, field names and values plus
+ * H1_LINE_OVERHEAD per field line, so optional whitespace is left out.
+ * libhttp-parser 2.9 also rejects a header section over its compiled-in
+ * HTTP_MAX_HEADER_SIZE (80 KiB), counting every byte. */
+#define H1_MAX_HEADER_BYTES 65536
+#define H1_MAX_TRAILER_BYTES 8192
+#define H1_LINE_OVERHEAD 4 /* ": " and CRLF */
+
+#define H1_DEFAULT_MAX_CONNECTIONS 128
+#define H1_DEFAULT_IDLE_TIMEOUT_MS 30000
+#define H1_DEFAULT_CONNECT_TIMEOUT_MS 250
+
+/* Bits of upcall_t.stream_id. HTTP/1.1 has no stream ids, so the pool
+ * keeps its own state of a call there; submit resets it. */
+#define CALL_QUEUED 0x1  /* in the pool's queue, waiting for a connection */
+#define CALL_FAILING 0x2 /* in the pool's failed list, on_done pending */
+#define CALL_RETRIED 0x4 /* already re-sent once on a new connection */
+/* With CALL_FAILING, the bits from CALL_ERR_SHIFT up hold -err. */
+#define CALL_ERR_SHIFT 8
 
 typedef enum {
-    CONN_CONNECTING, /* TCP connect in progress, a call attached */
+    CONN_CONNECTING, /* TCP connect or TLS handshake, a call attached */
     CONN_BUSY,       /* request being written or response being read */
     CONN_IDLE,       /* in the idle list, read only to notice a close */
-    CONN_CLOSING,    /* uv_close called, freed in on_conn_close */
+    CONN_CLOSING,    /* closing, freed once its handles are closed */
 } conn_state_t;
 
 typedef struct h1_conn_s h1_conn_t;
 
 struct h1_conn_s {
-    uv_tcp_t tcp; /* tcp.data points back to this connection */
-    uv_connect_t connect_req;
-    uv_write_t write_req;
+    transport_t transport; /* transport.data points back here */
+    uv_timer_t timer;      /* idle timeout; timer.data points back here */
+    int handles; /* the transport and the timer, until each is closed */
     h1_pool_t *pool;
     conn_state_t state;
     upcall_t *call;  /* running call, or NULL when idle, cancelled or closing */
@@ -37,8 +55,13 @@ struct h1_conn_s {
     h1_conn_t *next;
     h1_conn_t *idle_prev; /* idle list, most recently used first */
     h1_conn_t *idle_next;
+    unsigned long served; /* calls completed, so > 0 means reused */
+    /* Idle limit derived from the server's "Keep-Alive: timeout=N", or
+     * UINT64_MAX when the server sent none. */
+    uint64_t server_idle_ms;
     buf_t head;  /* request line and header fields, alive until closed */
-    int writing; /* write_req is pending, so it cannot be reused */
+    int writing; /* the request write is pending, so the call's body is
+                  * still in use and the connection cannot be reused */
     int is_head; /* the running request is HEAD, so the response has no body */
     http_parser parser;
     int received;     /* a response byte arrived for the running call */
@@ -48,6 +71,16 @@ struct h1_conn_s {
     int callback_err; /* TE_* code from a parser callback that failed */
     uint64_t body_expected; /* Content-Length, or UINT64_MAX if none */
     uint64_t body_received; /* body bytes of the final response so far */
+    /* Header and trailer fields of the message being parsed, which
+     * http_parser may hand over in pieces. */
+    int in_trailers;      /* the header section has ended */
+    int in_value;         /* the last piece was part of a field value */
+    size_t section_bytes; /* size of the current section so far */
+    char field[16];       /* field name, long enough for "keep-alive" */
+    size_t field_len;     /* full length, even when longer than |field| */
+    char value[64];
+    size_t value_len;
+    uint64_t pending_idle_ms; /* from this message's Keep-Alive field */
 };
 
 
@@ -55,26 +88,55 @@ struct h1_pool_s {
     uv_loop_t *loop;
     struct sockaddr_storage addr;
     char endpoint[64]; /* "ip:port", "[ip]:port" for IPv6 */
-    h1_conn_t *conns;  /* open connections, closing ones excluded */
-    h1_conn_t *idle;   /* head of the idle list */
-    size_t nopen;      /* length of |conns| */
-    size_t nhandles;   /* handles initialised and not yet closed */
-    int closing;       /* h1_pool_close was called */
-    char read_buf[H1_READ_SIZE];
+    pool_options_t opts;
+    h1_conn_t *conns;     /* open connections, closing ones excluded */
+    h1_conn_t *idle;      /* head of the idle list */
+    size_t nopen;         /* length of |conns| */
+    size_t nhandles;      /* handles initialised and not yet closed */
+    int closing;          /* h1_pool_close was called */
+    upcall_t *queue_head; /* calls waiting for a connection, oldest first */
+    upcall_t *queue_tail;
+    /* Calls that failed while being started from inside the pool; a
+     * zero-delay timer reports them so that on_done never runs inside
+     * submit or cancel. The timer also keeps nhandles above zero until
+     * h1_pool_close, so the pool is only ever freed in a close callback. */
+    upcall_t *failed;
+    uv_timer_t failed_timer;
 };
 
 
 static int on_message_begin(http_parser *parser);
+static int on_status(http_parser *parser, const char *at, size_t len);
+static int on_header_field(http_parser *parser, const char *at, size_t len);
+static int on_header_value(http_parser *parser, const char *at, size_t len);
 static int on_headers_complete(http_parser *parser);
 static int on_body(http_parser *parser, const char *at, size_t len);
 static int on_message_complete(http_parser *parser);
 
 static const http_parser_settings parser_settings = {
     .on_message_begin = on_message_begin,
+    .on_status = on_status,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
     .on_headers_complete = on_headers_complete,
     .on_body = on_body,
     .on_message_complete = on_message_complete,
 };
+
+static void on_connect(transport_t *t, int err, const char *msg);
+static void on_read(transport_t *t, const char *data, size_t len);
+static void on_eof(transport_t *t, int err, const char *msg);
+static void on_transport_close(transport_t *t);
+
+static const transport_callbacks_t transport_callbacks = {
+    .on_connect = on_connect,
+    .on_read = on_read,
+    .on_eof = on_eof,
+    .on_close = on_transport_close,
+};
+
+static int conn_open(h1_pool_t *pool, upcall_t *call);
+static void pool_dispatch(h1_pool_t *pool);
 
 
 static void idle_remove(h1_conn_t *conn)
@@ -90,18 +152,114 @@ static void idle_remove(h1_conn_t *conn)
     }
     conn->idle_prev = NULL;
     conn->idle_next = NULL;
+    uv_timer_stop(&conn->timer);
 }
 
 
-/* Frees the connection, and the pool after its last handle once
- * h1_pool_close was called (uv_close_cb). */
-static void on_conn_close(uv_handle_t *handle)
+static void queue_push(h1_pool_t *pool, upcall_t *call)
 {
-    h1_conn_t *conn = handle->data;
-    h1_pool_t *pool = conn->pool;
+    call->stream_id |= CALL_QUEUED;
+    call->queue_next = NULL;
+    if (pool->queue_tail != NULL) {
+        pool->queue_tail->queue_next = call;
+    } else {
+        pool->queue_head = call;
+    }
+    pool->queue_tail = call;
+}
 
-    buf_free(&conn->head);
-    free(conn);
+
+static upcall_t *queue_pop(h1_pool_t *pool)
+{
+    upcall_t *call = pool->queue_head;
+
+    pool->queue_head = call->queue_next;
+    if (pool->queue_head == NULL) {
+        pool->queue_tail = NULL;
+    }
+    call->queue_next = NULL;
+    call->stream_id &= ~CALL_QUEUED;
+    return call;
+}
+
+
+/* Unlinks a queued call. The queue is singly linked, so this is linear in
+ * its length; only cancellations of waiting calls pay for it. */
+static void queue_remove(h1_pool_t *pool, upcall_t *call)
+{
+    upcall_t *prev = NULL;
+
+    for (upcall_t *c = pool->queue_head; c != NULL; c = c->queue_next) {
+        if (c != call) {
+            prev = c;
+            continue;
+        }
+        if (prev != NULL) {
+            prev->queue_next = c->queue_next;
+        } else {
+            pool->queue_head = c->queue_next;
+        }
+        if (pool->queue_tail == c) {
+            pool->queue_tail = prev;
+        }
+        break;
+    }
+    call->queue_next = NULL;
+    call->stream_id &= ~CALL_QUEUED;
+}
+
+
+static void failed_remove(h1_pool_t *pool, upcall_t *call)
+{
+    upcall_t **link = &pool->failed;
+
+    while (*link != NULL && *link != call) {
+        link = &(*link)->queue_next;
+    }
+    if (*link != NULL) {
+        *link = call->queue_next;
+    }
+    call->queue_next = NULL;
+    call->stream_id = 0;
+}
+
+
+/* Reports the calls in pool->failed (uv_timer_cb). */
+static void on_failed_timer(uv_timer_t *timer)
+{
+    h1_pool_t *pool = timer->data;
+
+    /* on_done may submit, cancel or close the pool; the list is reread
+     * each time, and the pool stays allocated until its timer is closed. */
+    while (pool->failed != NULL) {
+        upcall_t *call = pool->failed;
+        int err = -(call->stream_id >> CALL_ERR_SHIFT);
+
+        pool->failed = call->queue_next;
+        call->queue_next = NULL;
+        call->stream_id = 0;
+        call->pool_conn = NULL;
+        call->phase = UPCALL_DONE;
+        call->on_done(call, err);
+    }
+}
+
+
+/* Fails |call| (errmsg already written) from the loop rather than from
+ * the current stack, which may be inside submit or cancel. */
+static void fail_later(h1_pool_t *pool, upcall_t *call, int err)
+{
+    call->stream_id = CALL_FAILING | (-err << CALL_ERR_SHIFT);
+    call->pool_conn = NULL;
+    call->queue_next = pool->failed;
+    pool->failed = call;
+    uv_timer_start(&pool->failed_timer, on_failed_timer, 0, 0);
+}
+
+
+/* Frees the pool after its last handle once h1_pool_close was called. */
+static void pool_handle_closed(h1_pool_t *pool)
+{
     pool->nhandles--;
     if (pool->closing && pool->nhandles == 0) {
         free(pool);
@@ -109,9 +267,43 @@ static void on_conn_close(uv_handle_t *handle)
 }
 
 
-/* Starts closing |conn|. The caller has detached its call, if any. libuv
- * cancels a pending connect or write, whose callbacks then see
- * CONN_CLOSING and return. */
+static void on_failed_timer_close(uv_handle_t *handle)
+{
+    pool_handle_closed(handle->data);
+}
+
+
+/* Frees the connection after its transport and its timer are closed. */
+static void conn_handle_closed(h1_conn_t *conn)
+{
+    h1_pool_t *pool = conn->pool;
+
+    conn->handles--;
+    if (conn->handles == 0) {
+        buf_free(&conn->head);
+        free(conn);
+    }
+    pool_handle_closed(pool);
+}
+
+
+/* transport_close_cb */
+static void on_transport_close(transport_t *t)
+{
+    conn_handle_closed(t->data);
+}
+
+
+/* uv_close_cb for the idle timer. */
+static void on_conn_timer_close(uv_handle_t *handle)
+{
+    conn_handle_closed(handle->data);
+}
+
+
+/* Starts closing |conn|. The caller has detached its call, if any, and
+ * calls pool_dispatch when queued calls may use the freed slot. A pending
+ * write then completes with TE_RESET and sees CONN_CLOSING. */
 static void conn_close(h1_conn_t *conn)
 {
     h1_pool_t *pool = conn->pool;
@@ -135,14 +327,39 @@ static void conn_close(h1_conn_t *conn)
     pool->nopen--;
     conn->state = CONN_CLOSING;
     conn->call = NULL;
-    uv_close((uv_handle_t *)&conn->tcp, on_conn_close);
+    uv_close((uv_handle_t *)&conn->timer, on_conn_timer_close);
+    transport_close(&conn->transport);
 }
 
 
+/* Closes an idle connection when its idle time is over (uv_timer_cb). */
+static void on_conn_timer(uv_timer_t *timer)
+{
+    h1_conn_t *conn = timer->data;
+    h1_pool_t *pool = conn->pool;
+
+    if (conn->state == CONN_IDLE) {
+        conn_close(conn);
+        pool_dispatch(pool);
+    }
+}
+
+
+/* Puts |conn| in the idle list with its idle timer, or closes it when the
+ * server allows it no idle time at all, then lets a queued call have it. */
 static void conn_make_idle(h1_conn_t *conn)
 {
     h1_pool_t *pool = conn->pool;
+    uint64_t idle_ms = pool->opts.idle_timeout_ms;
 
+    if (conn->server_idle_ms < idle_ms) {
+        idle_ms = conn->server_idle_ms;
+    }
+    if (idle_ms == 0) {
+        conn_close(conn);
+        pool_dispatch(pool);
+        return;
+    }
     conn->state = CONN_IDLE;
     conn->idle_prev = NULL;
     conn->idle_next = pool->idle;
@@ -150,6 +367,8 @@ static void conn_make_idle(h1_conn_t *conn)
         pool->idle->idle_prev = conn;
     }
     pool->idle = conn;
+    uv_timer_start(&conn->timer, on_conn_timer, idle_ms, 0);
+    pool_dispatch(pool);
 }
 
 
@@ -159,11 +378,13 @@ static void conn_make_idle(h1_conn_t *conn)
 static void fail_call(h1_conn_t *conn, int err)
 {
     upcall_t *call = conn->call;
+    h1_pool_t *pool = conn->pool;
 
     conn->call = NULL;
     call->pool_conn = NULL;
     call->phase = UPCALL_DONE;
     conn_close(conn);
+    pool_dispatch(pool);
     call->on_done(call, err);
 }
 
@@ -174,17 +395,68 @@ static void fail_call(h1_conn_t *conn, int err)
 static void complete_call(h1_conn_t *conn, int reusable)
 {
     upcall_t *call = conn->call;
+    h1_pool_t *pool = conn->pool;
 
     conn->call = NULL;
+    conn->served++;
     call->pool_conn = NULL;
     call->phase = UPCALL_DONE;
-    if (reusable && conn->keep_alive && !conn->writing &&
-        !conn->pool->closing) {
+    if (reusable && conn->keep_alive && !conn->writing && !pool->closing) {
         conn_make_idle(conn);
     } else {
         conn_close(conn);
+        pool_dispatch(pool);
     }
     call->on_done(call, 0);
+}
+
+
+/* Methods that RFC 9110, section 9.2.2, defines as idempotent. */
+static int method_is_idempotent(const char *method)
+{
+    static const char *const methods[] = {"GET",    "HEAD",    "PUT",
+                                          "DELETE", "OPTIONS", "TRACE"};
+
+    for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
+        if (strcmp(method, methods[i]) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+
+/* Ends the running call, which failed before any response byte with
+ * call->errmsg written. A server may close a keep-alive connection just
+ * as a request goes out on it. So on a reused connection the call is sent
+ * once more, on a new connection, if its method is idempotent: the server
+ * may have processed the first copy before closing. */
+static void fail_before_response(h1_conn_t *conn, int err)
+{
+    upcall_t *call = conn->call;
+    h1_pool_t *pool = conn->pool;
+    int rc;
+
+    if (conn->served == 0 || conn->received ||
+        (call->stream_id & CALL_RETRIED) != 0 || pool->closing ||
+        !method_is_idempotent(call->method) ||
+        (call->deadline_ns != 0 && uv_hrtime() >= call->deadline_ns)) {
+        fail_call(conn, err);
+        return;
+    }
+
+    conn->call = NULL;
+    call->pool_conn = NULL;
+    conn_close(conn);
+    call->stream_id |= CALL_RETRIED;
+    call->phase = UPCALL_CONNECTING;
+    call->errmsg[0] = '\0';
+    rc = conn_open(pool, call);
+    if (rc != 0) {
+        call->phase = UPCALL_DONE;
+        pool_dispatch(pool);
+        call->on_done(call, rc);
+    }
 }
 
 
@@ -202,7 +474,160 @@ static int on_message_begin(http_parser *parser)
     conn->final_head = 0;
     conn->body_expected = UINT64_MAX;
     conn->body_received = 0;
+    conn->in_trailers = 0;
+    conn->in_value = 0;
+    conn->section_bytes = 0;
+    conn->field_len = 0;
+    conn->value_len = 0;
+    conn->pending_idle_ms = UINT64_MAX;
     return 0;
+}
+
+
+/* Adds |len| bytes to the size of the current header or trailer section
+ * and fails the parse when the section is over its limit. */
+static int count_section_bytes(h1_conn_t *conn, size_t len)
+{
+    upcall_t *call = conn->call;
+    size_t limit =
+        conn->in_trailers ? H1_MAX_TRAILER_BYTES : H1_MAX_HEADER_BYTES;
+
+    conn->section_bytes += len;
+    if (conn->section_bytes <= limit) {
+        return 0;
+    }
+    snprintf(call->errmsg, sizeof(call->errmsg),
+             "response %s larger than %zu bytes",
+             conn->in_trailers ? "trailers" : "headers", limit);
+    return fail_in_callback(conn, TE_BAD_RESPONSE);
+}
+
+
+static int on_status(http_parser *parser, const char *at, size_t len)
+{
+    return count_section_bytes(parser->data, len);
+}
+
+
+/* Returns the idle time the pool allows a connection whose server sent
+ * "Keep-Alive: timeout=|seconds|". The server's timer starts before ours
+ * (when it sent the response), and our last request must reach the server
+ * before its timer fires. One second of margin is an estimate that covers
+ * both inside a cluster. Above 2 s the pool keeps N*1000 - 1000 ms, and
+ * for 2 s or less, where that margin would leave too little, half. */
+static uint64_t idle_ms_for_server_timeout(uint64_t seconds)
+{
+    uint64_t ms = seconds * 1000;
+
+    return ms > 2000 ? ms - 1000 : ms / 2;
+}
+
+
+/* Returns the timeout=N parameter of a Keep-Alive field value in seconds,
+ * or UINT64_MAX when there is none or it is not a number. */
+static uint64_t parse_keep_alive_timeout(const char *v, size_t len)
+{
+    static const char name[] = "timeout";
+    size_t i = 0;
+
+    while (i < len) {
+        while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ',')) {
+            i++;
+        }
+        size_t start = i;
+        while (i < len && v[i] != '=' && v[i] != ',' && v[i] != ' ' &&
+               v[i] != '\t') {
+            i++;
+        }
+        size_t name_len = i - start;
+        while (i < len && (v[i] == ' ' || v[i] == '\t')) {
+            i++;
+        }
+        if (i < len && v[i] == '=') {
+            i++;
+            while (i < len && (v[i] == ' ' || v[i] == '\t')) {
+                i++;
+            }
+            int quoted = i < len && v[i] == '"';
+            if (quoted) {
+                i++;
+            }
+            uint64_t seconds = 0;
+            size_t digits = 0;
+            /* Nine digits exceed any useful timeout and cannot overflow. */
+            while (i < len && v[i] >= '0' && v[i] <= '9' && digits < 9) {
+                seconds = seconds * 10 + (uint64_t)(v[i] - '0');
+                digits++;
+                i++;
+            }
+            if (name_len == sizeof(name) - 1 &&
+                strncasecmp(v + start, name, name_len) == 0 && digits > 0) {
+                return seconds;
+            }
+        }
+        while (i < len && v[i] != ',') {
+            i++;
+        }
+    }
+    return UINT64_MAX;
+}
+
+
+/* Acts on a complete header field. Only Keep-Alive matters here; the
+ * framing fields are handled by http_parser. */
+static void end_field(h1_conn_t *conn)
+{
+    static const char keep_alive[] = "keep-alive";
+
+    if (!conn->in_trailers && conn->field_len == sizeof(keep_alive) - 1 &&
+        strncasecmp(conn->field, keep_alive, conn->field_len) == 0 &&
+        conn->value_len <= sizeof(conn->value)) {
+        uint64_t seconds =
+            parse_keep_alive_timeout(conn->value, conn->value_len);
+        if (seconds != UINT64_MAX) {
+            conn->pending_idle_ms = idle_ms_for_server_timeout(seconds);
+        }
+    }
+    conn->in_value = 0;
+    conn->field_len = 0;
+    conn->value_len = 0;
+}
+
+
+static int on_header_field(http_parser *parser, const char *at, size_t len)
+{
+    h1_conn_t *conn = parser->data;
+
+    if (conn->in_value) {
+        end_field(conn);
+    }
+    if (conn->field_len == 0 &&
+        count_section_bytes(conn, H1_LINE_OVERHEAD) != 0) {
+        return -1;
+    }
+    if (conn->field_len < sizeof(conn->field)) {
+        size_t n = sizeof(conn->field) - conn->field_len;
+        memcpy(conn->field + conn->field_len, at, len < n ? len : n);
+    }
+    conn->field_len += len;
+    return count_section_bytes(conn, len);
+}
+
+
+static int on_header_value(http_parser *parser, const char *at, size_t len)
+{
+    h1_conn_t *conn = parser->data;
+
+    if (!conn->in_value) {
+        conn->in_value = 1;
+        conn->value_len = 0;
+    }
+    if (conn->value_len < sizeof(conn->value)) {
+        size_t n = sizeof(conn->value) - conn->value_len;
+        memcpy(conn->value + conn->value_len, at, len < n ? len : n);
+    }
+    conn->value_len += len;
+    return count_section_bytes(conn, len);
 }
 
 
@@ -212,6 +637,13 @@ static int on_headers_complete(http_parser *parser)
     h1_conn_t *conn = parser->data;
     upcall_t *call = conn->call;
     unsigned int status = parser->status_code;
+
+    if (conn->in_value) {
+        end_field(conn);
+    }
+    /* Fields from here on are trailers, counted on their own. */
+    conn->in_trailers = 1;
+    conn->section_bytes = 0;
 
     if (status == 101) {
         snprintf(call->errmsg, sizeof(call->errmsg),
@@ -227,6 +659,7 @@ static int on_headers_complete(http_parser *parser)
 
     call->status = (int)status;
     conn->final_head = 1;
+    conn->server_idle_ms = conn->pending_idle_ms;
     /* In HTTP/1.1, responses to HEAD, 204 and 304 end with the header
      * section even when they carry Content-Length. http_parser 2.9 would
      * wait for that many body bytes unless this callback returns 1. */
@@ -318,11 +751,9 @@ static void conn_on_eof(h1_conn_t *conn)
     upcall_t *call = conn->call;
 
     if (!conn->received) {
-        /* NOTE: on a reused connection this can be a close by the server
-         * that crossed our request; the call is not retried here. */
         snprintf(call->errmsg, sizeof(call->errmsg),
                  "connection closed before the response");
-        fail_call(conn, TE_RESET);
+        fail_before_response(conn, TE_RESET);
         return;
     }
 
@@ -333,6 +764,10 @@ static void conn_on_eof(h1_conn_t *conn)
         return;
     }
 
+    if (conn->callback_err != 0) {
+        fail_call(conn, conn->callback_err);
+        return;
+    }
     if (!conn->final_head) {
         snprintf(call->errmsg, sizeof(call->errmsg),
                  "response truncated: connection closed inside the header "
@@ -352,78 +787,106 @@ static void conn_on_eof(h1_conn_t *conn)
 }
 
 
-/* Allocates the read buffer (uv_alloc_cb). */
-static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
+/* transport_read_cb: response bytes, or an unrequested byte on an idle
+ * connection. */
+static void on_read(transport_t *t, const char *data, size_t len)
 {
-    h1_conn_t *conn = handle->data;
-
-    buf->base = conn->pool->read_buf;
-    buf->len = sizeof(conn->pool->read_buf);
-}
-
-
-/* Handles response bytes, EOF and read errors (uv_read_cb). */
-static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
-{
-    h1_conn_t *conn = stream->data;
+    h1_conn_t *conn = t->data;
     upcall_t *call = conn->call;
 
-    if (nread == 0 || conn->state == CONN_CLOSING) {
+    if (len == 0 || conn->state == CONN_CLOSING) {
         return;
     }
     if (call == NULL) {
-        /* Idle connection: an EOF, an error or an unrequested byte all
-         * mean it cannot carry another request. */
+        /* An idle connection cannot carry another request once the
+         * server sent something unrequested. */
+        h1_pool_t *pool = conn->pool;
         conn_close(conn);
+        pool_dispatch(pool);
         return;
     }
-    if (nread == UV_EOF) {
-        conn_on_eof(conn);
-        return;
-    }
-    if (nread < 0) {
-        if (!conn->received) {
-            snprintf(call->errmsg, sizeof(call->errmsg),
-                     "connection to %s failed before the response: %s",
-                     conn->pool->endpoint, uv_strerror((int)nread));
-            fail_call(conn, TE_RESET);
-        } else {
-            snprintf(call->errmsg, sizeof(call->errmsg),
-                     "response truncated: reading from %s failed: %s",
-                     conn->pool->endpoint, uv_strerror((int)nread));
-            fail_call(conn, TE_BAD_RESPONSE);
-        }
-        return;
-    }
-
     if (!conn->received) {
         conn->received = 1;
         call->phase = UPCALL_RECEIVING;
     }
-    conn_parse(conn, buf->base, (size_t)nread);
+    conn_parse(conn, data, len);
 }
 
 
-/* Marks the request as sent (uv_write_cb). */
-static void on_write(uv_write_t *req, int status)
+/* transport_eof_cb: the server closed (|err| 0) or the connection failed
+ * (TE_RESET, with the transport's reason in |msg|). */
+static void on_eof(transport_t *t, int err, const char *msg)
 {
-    h1_conn_t *conn = req->data;
+    h1_conn_t *conn = t->data;
+    upcall_t *call = conn->call;
+
+    if (conn->state == CONN_CLOSING) {
+        return;
+    }
+    if (call == NULL) {
+        /* An idle connection the server closed: it is dropped here so
+         * that no request goes out on it. */
+        h1_pool_t *pool = conn->pool;
+        conn_close(conn);
+        pool_dispatch(pool);
+        return;
+    }
+    if (err == 0) {
+        conn_on_eof(conn);
+        return;
+    }
+    if (!conn->received) {
+        snprintf(call->errmsg, sizeof(call->errmsg),
+                 "connection failed before the response: %s", msg);
+        fail_before_response(conn, TE_RESET);
+    } else {
+        snprintf(call->errmsg, sizeof(call->errmsg), "response truncated: %s",
+                 msg);
+        fail_call(conn, TE_BAD_RESPONSE);
+    }
+}
+
+
+/* transport_write_cb: the request is sent, or the write failed. */
+static void on_write(transport_t *t, int err, void *arg)
+{
+    h1_conn_t *conn = arg;
     upcall_t *call = conn->call;
 
     conn->writing = 0;
     if (conn->state == CONN_CLOSING || call == NULL) {
         return;
     }
-    if (status < 0) {
+    if (err != 0) {
         snprintf(call->errmsg, sizeof(call->errmsg),
-                 "sending the request to %s failed: %s", conn->pool->endpoint,
-                 uv_strerror(status));
-        fail_call(conn, TE_RESET);
+                 "sending the request to %s failed: connection reset",
+                 conn->pool->endpoint);
+        if (conn->received) {
+            fail_call(conn, TE_RESET);
+        } else {
+            fail_before_response(conn, TE_RESET);
+        }
         return;
     }
     if (call->phase == UPCALL_CONNECTING) {
         call->phase = UPCALL_WAITING;
     }
+}
+
+
+/* Returns whether the pool writes the field |name| itself, so that the
+ * caller's copy must be dropped rather than sent twice. */
+static int is_pool_field(const char *name)
+{
+    static const char *const fields[] = {"host", "content-length", "connection",
+                                         "transfer-encoding"};
+
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        if (strcasecmp(name, fields[i]) == 0) {
+            return 1;
+        }
+    }
+    return 0;
 }
 
 
@@ -435,6 +898,9 @@ static int build_head(buf_t *head, const upcall_t *call)
         return TE_NOMEM;
     }
     for (size_t i = 0; i < call->nheaders; i++) {
+        if (is_pool_field(call->headers[i].name)) {
+            continue;
+        }
         if (buf_appendf(head, "%s: %s\r\n", call->headers[i].name,
                         call->headers[i].value) != 0) {
             return TE_NOMEM;
@@ -450,20 +916,26 @@ static int build_head(buf_t *head, const upcall_t *call)
 }
 
 
-/* Writes the request of the call attached to a connected |conn|. On error,
- * returns a TE_* code with call->errmsg set and leaves |conn| unchanged. */
-static int conn_send(h1_conn_t *conn)
+/* Attaches |call| to the connected |conn| and writes its request. On
+ * error, returns a TE_* code with call->errmsg set, detaches the call and
+ * leaves closing |conn| to the caller; TE_RESET then means that nothing
+ * was written, so another connection may carry the call. */
+static int conn_start(h1_conn_t *conn, upcall_t *call)
 {
-    upcall_t *call = conn->call;
     uv_buf_t bufs[2];
     unsigned int nbufs = 1;
     int rc;
+
+    conn->call = call;
+    conn->state = CONN_BUSY;
+    call->pool_conn = conn;
+    call->phase = UPCALL_CONNECTING;
 
     rc = build_head(&conn->head, call);
     if (rc != 0) {
         snprintf(call->errmsg, sizeof(call->errmsg),
                  "out of memory building the request");
-        return rc;
+        goto fail;
     }
     bufs[0] = uv_buf_init(conn->head.data, (unsigned int)conn->head.len);
     if (call->body != NULL && call->body_len > 0) {
@@ -484,60 +956,88 @@ static int conn_send(h1_conn_t *conn)
     conn->body_expected = UINT64_MAX;
     conn->body_received = 0;
 
-    conn->write_req.data = conn;
-    rc = uv_write(&conn->write_req, (uv_stream_t *)&conn->tcp, bufs, nbufs,
-                  on_write);
+    rc = transport_write(&conn->transport, bufs, nbufs, on_write, conn);
+    if (rc == TE_NOMEM) {
+        snprintf(call->errmsg, sizeof(call->errmsg),
+                 "out of memory sending the request to %s",
+                 conn->pool->endpoint);
+        goto fail;
+    }
     if (rc != 0) {
         snprintf(call->errmsg, sizeof(call->errmsg),
-                 "sending the request to %s failed: %s", conn->pool->endpoint,
-                 uv_strerror(rc));
-        return TE_RESET;
+                 "sending the request to %s failed: connection closed",
+                 conn->pool->endpoint);
+        rc = TE_RESET;
+        goto fail;
     }
     conn->writing = 1;
-    conn->state = CONN_BUSY;
     return 0;
+
+fail:
+    conn->call = NULL;
+    call->pool_conn = NULL;
+    return rc;
 }
 
 
-/* Starts reading and sends the request once TCP is up (uv_connect_cb). */
-static void on_connect(uv_connect_t *req, int status)
+/* transport_connect_cb: sends the request once TCP (and TLS) is up. */
+static void on_connect(transport_t *t, int err, const char *msg)
 {
-    h1_conn_t *conn = req->data;
+    h1_conn_t *conn = t->data;
     upcall_t *call = conn->call;
     int rc;
 
     if (conn->state == CONN_CLOSING || call == NULL) {
         return; /* cancelled, or the pool is closing */
     }
-    if (status < 0) {
-        snprintf(call->errmsg, sizeof(call->errmsg), "connect to %s failed: %s",
-                 conn->pool->endpoint, uv_strerror(status));
+    if (err != 0) {
+        snprintf(call->errmsg, sizeof(call->errmsg), "%s", msg);
         fail_call(conn, TE_CONNECT);
         return;
     }
-
-    /* Requests go out in one write and wait for the response, so Nagle's
-     * delay would only add latency. A failure here costs speed, not
-     * correctness, so it is not fatal. */
-    (void)uv_tcp_nodelay(&conn->tcp, 1);
-
-    rc = uv_read_start((uv_stream_t *)&conn->tcp, on_alloc, on_read);
-    if (rc != 0) {
+    /* A context that also offers "h2" could let the server pick it, and
+     * then HTTP/1.1 bytes would reach an HTTP/2 server. */
+    if (t->alpn[0] != '\0' && strcmp(t->alpn, "http/1.1") != 0) {
         snprintf(call->errmsg, sizeof(call->errmsg),
-                 "reading from %s failed: %s", conn->pool->endpoint,
-                 uv_strerror(rc));
+                 "TLS server %s selected ALPN protocol \"%s\", expected "
+                 "\"http/1.1\"",
+                 conn->pool->endpoint, t->alpn);
         fail_call(conn, TE_CONNECT);
         return;
     }
-    rc = conn_send(conn);
+    rc = conn_start(conn, call);
     if (rc != 0) {
+        conn->call = call; /* fail_call detaches it again */
         fail_call(conn, rc);
     }
 }
 
 
-/* Opens a connection for |call|. On error, returns a TE_* code with
- * call->errmsg set, and nothing is left attached to the call. */
+/* Returns the connect timeout for |call|: the pool's, but never past the
+ * call's deadline, so that the caller still has time to try another
+ * address. At least 1 ms, because the transport reads 0 as no limit. */
+static uint64_t connect_timeout_for(const h1_pool_t *pool, const upcall_t *call)
+{
+    uint64_t ms = pool->opts.connect_timeout_ms;
+
+    if (call->deadline_ns != 0) {
+        uint64_t now = uv_hrtime();
+        uint64_t left_ms = 0;
+        if (call->deadline_ns > now) {
+            left_ms = (call->deadline_ns - now + 999999) / 1000000;
+        }
+        if (left_ms < ms) {
+            ms = left_ms;
+        }
+    }
+    return ms > 0 ? ms : 1;
+}
+
+
+/* Opens a connection for |call|: TCP, and TLS when the pool has a TLS
+ * context. The transport enforces the connect timeout and reports it, or
+ * any connect or TLS failure, to on_connect. On error, returns a TE_* code
+ * with call->errmsg set, and nothing is left attached to the call. */
 static int conn_open(h1_pool_t *pool, upcall_t *call)
 {
     h1_conn_t *conn;
@@ -549,17 +1049,27 @@ static int conn_open(h1_pool_t *pool, upcall_t *call)
                  "out of memory opening a connection to %s", pool->endpoint);
         return TE_NOMEM;
     }
-    rc = uv_tcp_init(pool->loop, &conn->tcp);
+    rc = transport_connect(
+        &conn->transport, pool->loop, (const struct sockaddr *)&pool->addr,
+        pool->opts.tls, pool->opts.server_name, connect_timeout_for(pool, call),
+        &transport_callbacks, conn);
     if (rc != 0) {
+        /* Nothing was started, so there is no handle to close. */
         snprintf(call->errmsg, sizeof(call->errmsg), "connect to %s failed: %s",
-                 pool->endpoint, uv_strerror(rc));
+                 pool->endpoint,
+                 rc == TE_NOMEM ? "out of memory"
+                                : "invalid address or TLS settings");
         free(conn);
-        return TE_CONNECT;
+        return rc == TE_NOMEM ? TE_NOMEM : TE_CONNECT;
     }
-    conn->tcp.data = conn;
+    /* uv_timer_init cannot fail: it only fills in the handle. */
+    (void)uv_timer_init(pool->loop, &conn->timer);
+    conn->timer.data = conn;
+    conn->handles = 2;
     conn->pool = pool;
     conn->state = CONN_CONNECTING;
-    pool->nhandles++;
+    conn->server_idle_ms = UINT64_MAX;
+    pool->nhandles += 2;
 
     conn->next = pool->conns;
     if (pool->conns != NULL) {
@@ -568,18 +1078,50 @@ static int conn_open(h1_pool_t *pool, upcall_t *call)
     pool->conns = conn;
     pool->nopen++;
 
-    conn->connect_req.data = conn;
-    rc = uv_tcp_connect(&conn->connect_req, &conn->tcp,
-                        (const struct sockaddr *)&pool->addr, on_connect);
-    if (rc != 0) {
-        snprintf(call->errmsg, sizeof(call->errmsg), "connect to %s failed: %s",
-                 pool->endpoint, uv_strerror(rc));
-        conn_close(conn);
-        return TE_CONNECT;
-    }
     conn->call = call;
     call->pool_conn = conn;
+    call->phase = UPCALL_CONNECTING;
     return 0;
+}
+
+
+/* Starts |call| on the most recently used idle connection, or on a new
+ * one. An idle connection whose write fails at once is closed and the
+ * next one tried, since nothing of the request went out. The caller has
+ * checked that a connection is idle or that the cap allows a new one. */
+static int pool_start(h1_pool_t *pool, upcall_t *call)
+{
+    while (pool->idle != NULL) {
+        h1_conn_t *conn = pool->idle;
+        int rc;
+
+        idle_remove(conn);
+        rc = conn_start(conn, call);
+        if (rc == 0) {
+            return 0;
+        }
+        conn_close(conn);
+        if (rc != TE_RESET) {
+            return rc;
+        }
+    }
+    return conn_open(pool, call);
+}
+
+
+/* Starts queued calls while a connection is idle or the cap allows a new
+ * one. A call that cannot start fails from the loop, never from here,
+ * because this runs inside submit and cancel too. */
+static void pool_dispatch(h1_pool_t *pool)
+{
+    while (pool->queue_head != NULL && !pool->closing &&
+           (pool->idle != NULL || pool->nopen < pool->opts.max_connections)) {
+        upcall_t *call = queue_pop(pool);
+        int rc = pool_start(pool, call);
+        if (rc != 0) {
+            fail_later(pool, call, rc);
+        }
+    }
 }
 
 
@@ -599,15 +1141,29 @@ h1_pool_t *h1_pool_new(uv_loop_t *loop, const struct sockaddr *addr,
     pool->loop = loop;
     memcpy(&pool->addr, addr, addrlen);
     memcpy(pool->endpoint, endpoint, sizeof(endpoint));
+    if (opts != NULL) {
+        pool->opts = *opts;
+    }
+    /* A zero limit or timeout would make the pool unusable, so it means
+     * the default. */
+    if (pool->opts.max_connections == 0) {
+        pool->opts.max_connections = H1_DEFAULT_MAX_CONNECTIONS;
+    }
+    if (pool->opts.idle_timeout_ms == 0) {
+        pool->opts.idle_timeout_ms = H1_DEFAULT_IDLE_TIMEOUT_MS;
+    }
+    if (pool->opts.connect_timeout_ms == 0) {
+        pool->opts.connect_timeout_ms = H1_DEFAULT_CONNECT_TIMEOUT_MS;
+    }
+    (void)uv_timer_init(loop, &pool->failed_timer);
+    pool->failed_timer.data = pool;
+    pool->nhandles = 1;
     return pool;
 }
 
 
 int h1_pool_submit(h1_pool_t *pool, upcall_t *call)
 {
-    h1_conn_t *conn;
-    int rc;
-
     if (call->method == NULL || call->path == NULL || call->authority == NULL ||
         call->on_done == NULL || (call->body == NULL && call->body_len > 0) ||
         call->body_len > UINT32_MAX) {
@@ -625,26 +1181,19 @@ int h1_pool_submit(h1_pool_t *pool, upcall_t *call)
     call->status = 0;
     call->errmsg[0] = '\0';
     call->pool_conn = NULL;
+    call->stream_id = 0;
+    call->queue_next = NULL;
     buf_reset(&call->body_out);
     snprintf(call->endpoint, sizeof(call->endpoint), "%s", pool->endpoint);
 
-    conn = pool->idle;
-    if (conn == NULL) {
+    /* Earlier waiting calls go first. */
+    if (pool->queue_head != NULL ||
+        (pool->idle == NULL && pool->nopen >= pool->opts.max_connections)) {
         call->phase = UPCALL_CONNECTING;
-        return conn_open(pool, call);
+        queue_push(pool, call);
+        return 0;
     }
-
-    idle_remove(conn);
-    conn->state = CONN_BUSY;
-    conn->call = call;
-    call->phase = UPCALL_CONNECTING;
-    rc = conn_send(conn);
-    if (rc != 0) {
-        conn_close(conn);
-        return rc;
-    }
-    call->pool_conn = conn;
-    return 0;
+    return pool_start(pool, call);
 }
 
 
@@ -652,6 +1201,16 @@ void h1_pool_cancel(h1_pool_t *pool, upcall_t *call)
 {
     h1_conn_t *conn = call->pool_conn;
 
+    if ((call->stream_id & CALL_QUEUED) != 0) {
+        queue_remove(pool, call);
+        call->phase = UPCALL_CANCELLED;
+        return;
+    }
+    if ((call->stream_id & CALL_FAILING) != 0) {
+        failed_remove(pool, call);
+        call->phase = UPCALL_CANCELLED;
+        return;
+    }
     if (conn == NULL || conn->call != call) {
         return; /* finished, never started, or already cancelled */
     }
@@ -659,12 +1218,25 @@ void h1_pool_cancel(h1_pool_t *pool, upcall_t *call)
     call->pool_conn = NULL;
     call->phase = UPCALL_CANCELLED;
     conn_close(conn);
+    pool_dispatch(pool);
 }
 
 
 size_t h1_pool_connections(const h1_pool_t *pool)
 {
     return pool->nopen;
+}
+
+
+/* Marks a call that never reached on_done as cancelled by the close. */
+static void cancel_for_close(h1_pool_t *pool, upcall_t *call)
+{
+    call->pool_conn = NULL;
+    call->queue_next = NULL;
+    call->stream_id = 0;
+    call->phase = UPCALL_CANCELLED;
+    snprintf(call->errmsg, sizeof(call->errmsg),
+             "connection pool for %s closed", pool->endpoint);
 }
 
 
@@ -676,14 +1248,17 @@ void h1_pool_close(h1_pool_t *pool)
         upcall_t *call = conn->call;
         if (call != NULL) {
             conn->call = NULL;
-            call->pool_conn = NULL;
-            call->phase = UPCALL_CANCELLED;
-            snprintf(call->errmsg, sizeof(call->errmsg),
-                     "connection pool for %s closed", pool->endpoint);
+            cancel_for_close(pool, call);
         }
         conn_close(conn);
     }
-    if (pool->nhandles == 0) {
-        free(pool);
+    while (pool->queue_head != NULL) {
+        cancel_for_close(pool, queue_pop(pool));
     }
+    while (pool->failed != NULL) {
+        upcall_t *call = pool->failed;
+        pool->failed = call->queue_next;
+        cancel_for_close(pool, call);
+    }
+    uv_close((uv_handle_t *)&pool->failed_timer, on_failed_timer_close);
 }

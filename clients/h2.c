@@ -1,11 +1,19 @@
-/* HTTP/2 cleartext client (h2c with prior knowledge) on libuv and nghttp2.
+/* HTTP/2 client on libuv and nghttp2: cleartext with prior knowledge
+ * (h2c) or TLS with ALPN "h2", both through transport_t.
  *
- * Ownership in short: a pool owns its connections, each connection embeds
- * its uv_tcp_t and is freed only in the close callback. Every submitted
- * call gets an h2_stream_t, which nghttp2 also stores as stream user data.
+ * Ownership in short: a pool owns its connections, and each connection
+ * embeds its libuv handles and is freed only once all of them are closed.
+ * Every submitted call gets an h2_stream_t, which nghttp2 also stores as
+ * stream user data. A call waits in the pool's FIFO queue until some
+ * connection has a free stream slot (the peer's
+ * SETTINGS_MAX_CONCURRENT_STREAMS); the pool opens another connection when
+ * every open one is full, up to max_connections. Streams that the server
+ * did not process (above a GOAWAY's last_stream_id, REFUSED_STREAM, or
+ * never sent) go back into that queue for another connection.
+ *
  * Results are never reported from inside nghttp2 or from inside the public
  * functions: a finished stream goes on the pool's finished list, and
- * pool_deliver() calls on_done at the end of a libuv callback (or from a
+ * pool_settle() calls on_done at the end of a libuv callback (or from a
  * zero-delay timer when the call finished inside h2_pool_submit or
  * h2_pool_cancel). So on_done may submit or cancel calls on the same pool,
  * and nghttp2_session_mem_recv/mem_send never run inside one another. */
@@ -21,6 +29,7 @@
 
 #include "errors.h"
 #include "sockaddr.h"
+#include "transport.h"
 
 /* Receive window per stream (SETTINGS_INITIAL_WINDOW_SIZE) and for the
  * whole connection. The RFC 9113 default of 65535 bytes would cap a
@@ -33,36 +42,62 @@
  * for large request bodies. */
 #define H2_MAX_PENDING_OUTPUT (256 * 1024)
 
-#define H2_READ_BUFFER_SIZE (64 * 1024)
+/* Streams a connection is expected to take before its first SETTINGS
+ * frame arrives. After any SETTINGS frame from the endpoint, its value is
+ * used instead. RFC 9113 section 6.5.2 recommends that servers allow at
+ * least 100. */
+#define H2_ASSUMED_MAX_STREAMS 100
+
+/* Retries per call. A stream reset with REFUSED_STREAM, or never sent
+ * because its connection failed first, is retried twice. A stream above
+ * the last_stream_id of a GOAWAY with an error code is retried once. */
+#define H2_MAX_REFUSED_RETRIES 2
+#define H2_MAX_GOAWAY_ERROR_RETRIES 1
+/* NOTE: a guessed bound. A graceful GOAWAY (NO_ERROR) is a normal event
+ * such as a rollout, but a server that refuses every stream that way must
+ * not loop a call that has no deadline forever. */
+#define H2_MAX_GOAWAY_RETRIES 8
+
+#define H2_DEFAULT_MAX_CONNECTIONS 128
+#define H2_DEFAULT_IDLE_TIMEOUT_MS 30000
+#define H2_DEFAULT_CONNECT_TIMEOUT_MS 250
+#define H2_DEFAULT_PING_INTERVAL_MS 10000
 
 typedef struct h2_conn_s h2_conn_t;
 typedef struct h2_stream_s h2_stream_t;
 
 typedef enum {
-    STREAM_QUEUED,   /* in conn->queued, waiting for the TCP connection */
-    STREAM_OPEN,     /* submitted to nghttp2, result not known yet */
+    STREAM_WAITING,  /* in pool->waiting, no connection yet */
+    STREAM_OPEN,     /* submitted to nghttp2 on st->conn */
     STREAM_FINISHED, /* in pool->finished, on_done not called yet */
     STREAM_DETACHED, /* delivered or cancelled; no call attached */
 } stream_state_t;
 
 /* One submitted call. It is freed once it is detached and nghttp2 no longer
- * refers to it (in_session == 0), see stream_release(). */
+ * refers to it (in_session == 0), see stream_release(). A retried call
+ * keeps its h2_stream_t and gets a new nghttp2 stream. */
 struct h2_stream_s {
     upcall_t *call; /* NULL once detached */
     h2_pool_t *pool;
-    h2_conn_t *conn; /* valid while queued or open */
+    h2_conn_t *conn; /* valid while open */
     stream_state_t state;
-    int in_session;    /* nghttp2 has this as stream user data */
-    int remote_ended;  /* END_STREAM received from the server */
-    int reset_by_peer; /* RST_STREAM received from the server */
+    uint64_t seq;         /* submission order, keeps retries first in line */
+    int in_session;       /* nghttp2 has this as stream user data */
+    int headers_sent;     /* the request HEADERS frame went out */
+    int response_started; /* a response HEADERS or DATA frame arrived */
+    int remote_ended;     /* END_STREAM received from the server */
+    int reset_by_peer;    /* RST_STREAM received from the server */
     int32_t id;
     int err; /* result for on_done while finished */
+    int refused_retries;
+    int goaway_retries;       /* after GOAWAY with NO_ERROR */
+    int goaway_error_retries; /* after GOAWAY with an error code */
     /* Request body, copied from the call so that the data source callback
      * never follows a call pointer after cancel. */
     const char *body;
     size_t body_len;
     size_t body_sent;
-    h2_stream_t *prev; /* links in conn->queued or pool->finished */
+    h2_stream_t *prev; /* links in pool->waiting or pool->finished */
     h2_stream_t *next;
     h2_stream_t *session_prev; /* links in conn->streams while in_session */
     h2_stream_t *session_next;
@@ -74,39 +109,56 @@ typedef struct {
 } stream_list_t;
 
 struct h2_conn_s {
-    uv_tcp_t tcp;
-    uv_connect_t connect_req;
-    uv_write_t write_req;
+    transport_t transport; /* TCP, and TLS for h2:// */
+    uv_timer_t timer;      /* SETTINGS wait, PING and idle timeout */
     h2_pool_t *pool;
     nghttp2_session *session; /* NULL until connected */
-    h2_conn_t *prev;          /* links in pool->conns */
+    h2_conn_t *prev;          /* links in pool->conns, oldest first */
     h2_conn_t *next;
-    stream_list_t queued;
     h2_stream_t *streams; /* streams stored as nghttp2 stream user data */
-    buf_t writing;        /* bytes handed to uv_write */
+    size_t nstreams;      /* length of the streams list */
+    buf_t writing;        /* bytes handed to transport_write */
     buf_t pending;        /* output gathered while writing is busy */
+    int handles;          /* the timer and, once started, the transport */
+    int transport_started;
     int write_busy;
-    int connected;
-    int closing;  /* uv_close was called */
-    int draining; /* takes no new streams, closes when idle */
+    int connected;         /* transport connected, session created */
+    int settings_received; /* the peer's first SETTINGS arrived */
+    int closing;           /* the handles are being closed */
+    int draining;          /* takes no new streams, closes when idle */
     int goaway_received;
+    int32_t goaway_last_id;
     uint32_t goaway_error;
     int goaway_sent;
     uint32_t goaway_sent_error;
-    int err; /* result for streams still open when the handle closes */
+    int idle_closed; /* the GOAWAY was sent because of the idle timeout */
+    uint64_t connect_timeout_ms; /* 0: no limit */
+    uint64_t opened_at;          /* uv_now() values, in ms */
+    uint64_t idle_since;
+    uint64_t ping_base; /* the next PING is due one interval after this */
+    uint64_t ping_sent_at;
+    int ping_outstanding; /* a PING waits for its ACK */
+    int err;              /* result for streams still open at close */
     char errmsg[sizeof(((upcall_t *)0)->errmsg)];
-    char read_buf[H2_READ_BUFFER_SIZE];
 };
 
 struct h2_pool_s {
     uv_loop_t *loop;
     struct sockaddr_storage addr;
     char endpoint[sizeof(((upcall_t *)0)->endpoint)];
+    pool_options_t opts;
+    char *server_name; /* copy of opts.server_name */
     uv_timer_t deliver_timer;
-    h2_conn_t *current; /* connection for new streams, NULL if none */
-    h2_conn_t *conns;   /* every connection, including draining ones */
-    size_t handles;     /* open libuv handles: the timer and conns */
+    h2_conn_t *conns; /* every connection, including draining ones */
+    h2_conn_t *conns_tail;
+    size_t handles; /* open libuv handles: the timer and connections */
+    stream_list_t waiting;
+    size_t nwaiting;
     stream_list_t finished;
+    uint64_t next_seq;
+    /* The endpoint's SETTINGS_MAX_CONCURRENT_STREAMS as last seen, used
+     * to decide how many connections to open before theirs arrive. */
+    uint32_t peer_max_streams;
     int closing;
 };
 
@@ -141,6 +193,45 @@ static void list_remove(stream_list_t *list, h2_stream_t *st)
 }
 
 
+/* Inserts |st| into the waiting queue in submission order, so that a
+ * retried call goes before calls submitted after it. */
+static void waiting_insert(h2_pool_t *pool, h2_stream_t *st)
+{
+    h2_stream_t *after = pool->waiting.tail;
+    while (after != NULL && after->seq > st->seq) {
+        after = after->prev;
+    }
+    if (after == NULL) {
+        st->prev = NULL;
+        st->next = pool->waiting.head;
+        if (pool->waiting.head != NULL) {
+            pool->waiting.head->prev = st;
+        } else {
+            pool->waiting.tail = st;
+        }
+        pool->waiting.head = st;
+    } else {
+        st->prev = after;
+        st->next = after->next;
+        if (after->next != NULL) {
+            after->next->prev = st;
+        } else {
+            pool->waiting.tail = st;
+        }
+        after->next = st;
+    }
+    st->state = STREAM_WAITING;
+    pool->nwaiting++;
+}
+
+
+static void waiting_remove(h2_pool_t *pool, h2_stream_t *st)
+{
+    list_remove(&pool->waiting, st);
+    pool->nwaiting--;
+}
+
+
 static void session_link(h2_conn_t *conn, h2_stream_t *st)
 {
     st->session_prev = NULL;
@@ -149,6 +240,7 @@ static void session_link(h2_conn_t *conn, h2_stream_t *st)
         conn->streams->session_prev = st;
     }
     conn->streams = st;
+    conn->nstreams++;
     st->in_session = 1;
 }
 
@@ -166,6 +258,11 @@ static void session_unlink(h2_conn_t *conn, h2_stream_t *st)
     st->session_prev = NULL;
     st->session_next = NULL;
     st->in_session = 0;
+    conn->nstreams--;
+    if (conn->nstreams == 0) {
+        conn->idle_since = uv_now(conn->pool->loop);
+        conn->ping_base = conn->idle_since;
+    }
 }
 
 
@@ -181,7 +278,29 @@ static void stream_release(h2_stream_t *st)
 static void on_deliver_timer(uv_timer_t *timer);
 
 
-/* Stores the result of a queued or open stream and schedules on_done.
+/* Makes the next loop iteration run pool_settle(). */
+static void pool_schedule(h2_pool_t *pool)
+{
+    if (!pool->closing) {
+        uv_timer_start(&pool->deliver_timer, on_deliver_timer, 0, 0);
+    }
+}
+
+
+static void stream_vset_result(h2_stream_t *st, int err, const char *fmt,
+                               va_list ap)
+{
+    upcall_t *call = st->call;
+    st->err = err;
+    if (fmt != NULL) {
+        vsnprintf(call->errmsg, sizeof(call->errmsg), fmt, ap);
+    } else {
+        call->errmsg[0] = '\0';
+    }
+}
+
+
+/* Stores the result of a waiting or open stream and schedules on_done.
  * |fmt| may be NULL for success. */
 static void stream_finish(h2_stream_t *st, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -189,25 +308,26 @@ static void stream_finish(h2_stream_t *st, int err, const char *fmt, ...)
 static void stream_finish(h2_stream_t *st, int err, const char *fmt, ...)
 {
     h2_pool_t *pool = st->pool;
-    upcall_t *call = st->call;
 
-    if (st->state == STREAM_QUEUED) {
-        list_remove(&st->conn->queued, st);
+    if (st->state == STREAM_WAITING) {
+        waiting_remove(pool, st);
     }
     st->state = STREAM_FINISHED;
     st->conn = NULL;
-    st->err = err;
-    if (fmt != NULL) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(call->errmsg, sizeof(call->errmsg), fmt, ap);
-        va_end(ap);
-    } else {
-        call->errmsg[0] = '\0';
-    }
+    va_list ap;
+    va_start(ap, fmt);
+    stream_vset_result(st, err, fmt, ap);
+    va_end(ap);
     list_push(&pool->finished, st);
-    if (!pool->closing) {
-        uv_timer_start(&pool->deliver_timer, on_deliver_timer, 0, 0);
+    pool_schedule(pool);
+}
+
+
+/* Fails every call in the waiting queue. */
+static void pool_fail_waiting(h2_pool_t *pool, int err, const char *msg)
+{
+    while (pool->waiting.head != NULL) {
+        stream_finish(pool->waiting.head, err, "%s", msg);
     }
 }
 
@@ -235,15 +355,36 @@ static void pool_deliver(h2_pool_t *pool)
         call->phase = UPCALL_DONE;
         call->on_done(call, err);
     }
-    uv_timer_stop(&pool->deliver_timer);
 }
 
 
-/* uv_timer_cb: delivers results that were produced inside h2_pool_submit
- * or h2_pool_cancel. */
+static void pool_dispatch(h2_pool_t *pool);
+static void conn_arm_timer(h2_conn_t *conn);
+
+
+/* Starts waiting calls where a stream slot is free, opens connections
+ * when needed, re-arms the connection timers and calls on_done for the
+ * calls that ended. Runs at the end of every libuv callback. */
+static void pool_settle(h2_pool_t *pool)
+{
+    if (pool->closing) {
+        return;
+    }
+    /* Anything that schedules another pass from here on gets one. */
+    uv_timer_stop(&pool->deliver_timer);
+    pool_dispatch(pool);
+    for (h2_conn_t *conn = pool->conns; conn != NULL; conn = conn->next) {
+        conn_arm_timer(conn);
+    }
+    pool_deliver(pool);
+}
+
+
+/* uv_timer_cb: runs pool_settle() for results and retries produced inside
+ * h2_pool_submit, h2_pool_cancel or nghttp2 callbacks. */
 static void on_deliver_timer(uv_timer_t *timer)
 {
-    pool_deliver(timer->data);
+    pool_settle(timer->data);
 }
 
 
@@ -252,6 +393,7 @@ static void pool_maybe_free(h2_pool_t *pool)
     /* h2_pool_close() emptied the finished list, and nothing finishes
      * after it. */
     if (pool->closing && pool->handles == 0) {
+        free(pool->server_name);
         free(pool);
     }
 }
@@ -279,31 +421,143 @@ static void stream_detach(h2_stream_t *st)
 }
 
 
-/* uv_close_cb for a connection: fails what is still queued or open with
- * the error stored by conn_close(), then frees the connection. */
-static void on_conn_close(uv_handle_t *handle)
+/* Why an open stream ended without a response, for stream_retry(). */
+typedef enum {
+    END_REFUSED,   /* RST_STREAM(REFUSED_STREAM) from the server */
+    END_GOAWAY,    /* above the last_stream_id of a GOAWAY */
+    END_NOT_SENT,  /* the request never left this client */
+    END_CONN_LOST, /* the connection ended with the request sent */
+} stream_end_t;
+
+
+/* Puts an open stream that the server did not process back into the
+ * waiting queue, if its call allows another attempt. Returns 1 if it did.
+ * Only streams without any response byte qualify, so a retry never
+ * repeats a request the server has responded to. */
+static int stream_retry(h2_stream_t *st, stream_end_t why,
+                        uint32_t goaway_error)
 {
-    h2_conn_t *conn = handle->data;
+    upcall_t *call = st->call;
+    h2_pool_t *pool = st->pool;
+
+    if (pool->closing || st->state != STREAM_OPEN || st->response_started) {
+        return 0;
+    }
+    switch (why) {
+    case END_REFUSED:
+    case END_NOT_SENT:
+        if (st->refused_retries >= H2_MAX_REFUSED_RETRIES) {
+            return 0;
+        }
+        break;
+    case END_GOAWAY:
+        if (goaway_error != NGHTTP2_NO_ERROR &&
+            st->goaway_error_retries >= H2_MAX_GOAWAY_ERROR_RETRIES) {
+            return 0;
+        }
+        if (goaway_error == NGHTTP2_NO_ERROR &&
+            st->goaway_retries >= H2_MAX_GOAWAY_RETRIES) {
+            return 0;
+        }
+        break;
+    case END_CONN_LOST:
+        return 0;
+    }
+    if (call->deadline_ns != 0 && uv_hrtime() >= call->deadline_ns) {
+        return 0;
+    }
+
+    if (why == END_GOAWAY && goaway_error != NGHTTP2_NO_ERROR) {
+        st->goaway_error_retries++;
+    } else if (why == END_GOAWAY) {
+        st->goaway_retries++;
+    } else {
+        st->refused_retries++;
+    }
+    st->conn = NULL;
+    st->id = 0;
+    st->headers_sent = 0;
+    st->remote_ended = 0;
+    st->reset_by_peer = 0;
+    call->status = 0;
+    call->stream_id = 0;
+    buf_reset(&call->body_out);
+    call->phase = UPCALL_CONNECTING;
+    waiting_insert(pool, st);
+    pool_schedule(pool);
+    return 1;
+}
+
+
+/* Returns whether |method| is idempotent (RFC 9110 section 9.2.2), so
+ * that a request the server may have processed can be sent again. */
+static int method_is_idempotent(const char *method)
+{
+    static const char *const idempotent[] = {
+        "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE",
+    };
+    for (size_t i = 0; i < sizeof(idempotent) / sizeof(idempotent[0]); i++) {
+        if (strcmp(method, idempotent[i]) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+
+/* Ends the open streams of a closed connection: requests that never left
+ * are retried, the others fail with the connection's error. After a
+ * GOAWAY with an error code, the server may have processed the streams up
+ * to last_stream_id before it closed. Those that got no response byte are
+ * retried within the same once-per-call budget, but only for idempotent
+ * methods. */
+static void conn_end_streams(h2_conn_t *conn)
+{
+    int goaway_error =
+        conn->goaway_received && conn->goaway_error != NGHTTP2_NO_ERROR;
+
+    while (conn->streams != NULL) {
+        h2_stream_t *st = conn->streams;
+        session_unlink(conn, st);
+        if (st->state != STREAM_OPEN) {
+            stream_release(st);
+            continue;
+        }
+        int retried;
+        if (conn->goaway_received && st->id > conn->goaway_last_id) {
+            retried = stream_retry(st, END_GOAWAY, conn->goaway_error);
+        } else if (!st->headers_sent) {
+            retried = stream_retry(st, END_NOT_SENT, 0);
+        } else if (goaway_error && method_is_idempotent(st->call->method)) {
+            retried = stream_retry(st, END_GOAWAY, conn->goaway_error);
+        } else {
+            retried = 0;
+        }
+        if (retried) {
+            continue;
+        }
+        if (goaway_error) {
+            stream_finish(st, TE_RESET, "connection closed by GOAWAY: %s",
+                          nghttp2_http2_strerror(conn->goaway_error));
+        } else {
+            stream_finish(st, conn->err, "%s", conn->errmsg);
+        }
+    }
+}
+
+
+/* Runs once every handle of the connection is closed: ends its streams
+ * and frees it. */
+static void conn_free(h2_conn_t *conn)
+{
     h2_pool_t *pool = conn->pool;
 
     /* nghttp2_session_del() calls no callbacks, so the stream list stays
      * as it is while the session goes. */
     nghttp2_session_del(conn->session);
     conn->session = NULL;
-
     /* After h2_pool_close() every stream is detached already. */
-    while (conn->streams != NULL) {
-        h2_stream_t *st = conn->streams;
-        session_unlink(conn, st);
-        if (st->state == STREAM_OPEN) {
-            stream_finish(st, conn->err, "%s", conn->errmsg);
-        } else {
-            stream_release(st);
-        }
-    }
-    while (conn->queued.head != NULL) {
-        stream_finish(conn->queued.head, conn->err, "%s", conn->errmsg);
-    }
+    conn_end_streams(conn);
 
     if (conn->prev != NULL) {
         conn->prev->next = conn->next;
@@ -312,6 +566,8 @@ static void on_conn_close(uv_handle_t *handle)
     }
     if (conn->next != NULL) {
         conn->next->prev = conn->prev;
+    } else {
+        pool->conns_tail = conn->prev;
     }
     buf_free(&conn->writing);
     buf_free(&conn->pending);
@@ -321,13 +577,46 @@ static void on_conn_close(uv_handle_t *handle)
     if (pool->closing) {
         pool_maybe_free(pool);
     } else {
-        pool_deliver(pool);
+        pool_settle(pool);
     }
 }
 
 
-/* Closes the connection. Streams still queued or open fail with |err| and
- * the message once the handle is closed, so nothing is freed inside an
+static void conn_handle_closed(h2_conn_t *conn)
+{
+    conn->handles--;
+    if (conn->handles == 0) {
+        conn_free(conn);
+    }
+}
+
+
+/* uv_close_cb for the connection timer. */
+static void on_conn_timer_close(uv_handle_t *handle)
+{
+    conn_handle_closed(handle->data);
+}
+
+
+/* transport_close_cb */
+static void on_transport_close(transport_t *t)
+{
+    conn_handle_closed(t->data);
+}
+
+
+static void conn_close_handles(h2_conn_t *conn)
+{
+    conn->closing = 1;
+    if (conn->transport_started) {
+        transport_close(&conn->transport);
+    }
+    uv_close((uv_handle_t *)&conn->timer, on_conn_timer_close);
+}
+
+
+/* Closes the connection. Streams still open fail with |err| and the
+ * message once the handles are closed, so nothing is freed inside an
  * nghttp2 callback. */
 static void conn_close(h2_conn_t *conn, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -337,16 +626,21 @@ static void conn_close(h2_conn_t *conn, int err, const char *fmt, ...)
     if (conn->closing) {
         return;
     }
-    conn->closing = 1;
     conn->err = err;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(conn->errmsg, sizeof(conn->errmsg), fmt, ap);
     va_end(ap);
-    if (conn->pool->current == conn) {
-        conn->pool->current = NULL;
+    conn_close_handles(conn);
+
+    /* A connection that never became usable means that the endpoint
+     * cannot be reached now. The waiting calls fail at once, so the caller
+     * can try another endpoint instead of waiting for its deadline, and
+     * the pool opens no other connection for them. */
+    if (!conn->settings_received) {
+        pool_fail_waiting(conn->pool, err == TE_NOMEM ? TE_NOMEM : TE_CONNECT,
+                          conn->errmsg);
     }
-    uv_close((uv_handle_t *)&conn->tcp, on_conn_close);
 }
 
 
@@ -360,23 +654,29 @@ static void conn_close_if_idle(h2_conn_t *conn)
     }
     int idle = !nghttp2_session_want_read(conn->session) &&
                !nghttp2_session_want_write(conn->session);
-    if (conn->draining && conn->streams == NULL && conn->queued.head == NULL) {
+    if (conn->draining && conn->nstreams == 0) {
         idle = 1;
     }
     if (!idle) {
         return;
     }
-    if (conn->goaway_sent) {
+    if (conn->idle_closed) {
+        conn_close(conn, TE_RESET, "idle connection to %s closed",
+                   conn->pool->endpoint);
+    } else if (conn->goaway_sent) {
         conn_close(conn, TE_RESET, "HTTP/2 connection error, GOAWAY sent: %s",
                    nghttp2_http2_strerror(conn->goaway_sent_error));
-    } else {
-        conn_close(conn, TE_RESET, "connection closed after GOAWAY: %s",
+    } else if (conn->goaway_received) {
+        conn_close(conn, TE_RESET, "connection closed by GOAWAY: %s",
                    nghttp2_http2_strerror(conn->goaway_error));
+    } else {
+        conn_close(conn, TE_RESET, "HTTP/2 connection to %s ended",
+                   conn->pool->endpoint);
     }
 }
 
 
-static void on_write(uv_write_t *req, int status);
+static void on_write(transport_t *t, int err, void *arg);
 
 
 /* Moves nghttp2's pending frames into the output buffer and starts a write
@@ -409,11 +709,10 @@ static void conn_flush(h2_conn_t *conn)
         conn->pending = swap;
         uv_buf_t out =
             uv_buf_init(conn->writing.data, (unsigned int)conn->writing.len);
-        int rv = uv_write(&conn->write_req, (uv_stream_t *)&conn->tcp, &out, 1,
-                          on_write);
+        int rv = transport_write(&conn->transport, &out, 1, on_write, conn);
         if (rv != 0) {
-            conn_close(conn, TE_RESET, "write to %s failed: %s",
-                       conn->pool->endpoint, uv_strerror(rv));
+            conn_close(conn, rv == TE_NOMEM ? TE_NOMEM : TE_RESET,
+                       "write to %s failed", conn->pool->endpoint);
             return;
         }
         conn->write_busy = 1;
@@ -422,66 +721,67 @@ static void conn_flush(h2_conn_t *conn)
 }
 
 
-/* uv_write_cb */
-static void on_write(uv_write_t *req, int status)
+/* transport_write_cb. The transport reports pending writes with
+ * TE_RESET while it closes, and the connection is closing then. */
+static void on_write(transport_t *t, int err, void *arg)
 {
-    h2_conn_t *conn = req->data;
+    h2_conn_t *conn = arg;
 
     conn->write_busy = 0;
     buf_reset(&conn->writing);
     if (conn->closing) {
         return;
     }
-    if (status < 0) {
-        conn_close(conn, TE_RESET, "write to %s failed: %s",
-                   conn->pool->endpoint, uv_strerror(status));
+    if (err != 0) {
+        conn_close(conn, TE_RESET, "write to %s failed", conn->pool->endpoint);
+        pool_settle(conn->pool);
         return;
     }
     conn_flush(conn);
-    pool_deliver(conn->pool);
+    pool_settle(conn->pool);
 }
 
 
-/* uv_alloc_cb: the connection's own buffer is enough because on_read()
- * consumes all of it before the next read. */
-static void on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
+/* transport_read_cb */
+static void on_transport_read(transport_t *t, const char *data, size_t len)
 {
-    h2_conn_t *conn = handle->data;
-    *buf = uv_buf_init(conn->read_buf, sizeof(conn->read_buf));
+    h2_conn_t *conn = t->data;
+    h2_pool_t *pool = conn->pool;
+
+    if (conn->closing || conn->session == NULL) {
+        return;
+    }
+    ssize_t rv =
+        nghttp2_session_mem_recv(conn->session, (const uint8_t *)data, len);
+    if (rv < 0) {
+        conn_close(conn, TE_RESET, "HTTP/2 session with %s failed: %s",
+                   pool->endpoint, nghttp2_strerror((int)rv));
+    } else {
+        conn_flush(conn);
+    }
+    pool_settle(pool);
 }
 
 
-/* uv_read_cb */
-static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+/* transport_eof_cb */
+static void on_transport_eof(transport_t *t, int err, const char *msg)
 {
-    h2_conn_t *conn = stream->data;
+    h2_conn_t *conn = t->data;
     h2_pool_t *pool = conn->pool;
 
     if (conn->closing) {
         return;
     }
-    if (nread > 0) {
-        ssize_t rv = nghttp2_session_mem_recv(
-            conn->session, (const uint8_t *)buf->base, (size_t)nread);
-        if (rv < 0) {
-            conn_close(conn, TE_RESET, "HTTP/2 session with %s failed: %s",
-                       pool->endpoint, nghttp2_strerror((int)rv));
-        } else {
-            conn_flush(conn);
-        }
-    } else if (nread == UV_EOF) {
-        if (conn->goaway_received) {
-            conn_close(conn, TE_RESET,
-                       "connection closed by server after GOAWAY: %s",
-                       nghttp2_http2_strerror(conn->goaway_error));
-        } else {
-            conn_close(conn, TE_RESET, "connection closed by server");
-        }
-    } else if (nread < 0) {
-        conn_close(conn, TE_RESET, "read from %s failed: %s", pool->endpoint,
-                   uv_strerror((int)nread));
+    if (err != 0) {
+        conn_close(conn, TE_RESET, "%s", msg);
+    } else if (conn->goaway_received) {
+        conn_close(conn, TE_RESET,
+                   "connection closed by server after GOAWAY: %s",
+                   nghttp2_http2_strerror(conn->goaway_error));
+    } else {
+        conn_close(conn, TE_RESET, "connection closed by server");
     }
-    pool_deliver(pool);
+    pool_settle(pool);
 }
 
 
@@ -511,6 +811,7 @@ static int on_begin_headers(nghttp2_session *session,
 {
     h2_stream_t *st = find_stream(session, frame->hd.stream_id);
     if (st != NULL && st->state == STREAM_OPEN) {
+        st->response_started = 1;
         st->call->phase = UPCALL_RECEIVING;
     }
     return 0;
@@ -549,7 +850,9 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame,
 
 
 /* nghttp2_on_data_chunk_recv_callback. nghttp2 sends WINDOW_UPDATE for the
- * consumed bytes itself, because automatic window updates are on. */
+ * received bytes itself, because automatic window updates are on. That
+ * includes DATA for streams that are reset or closed, so a cancelled
+ * download gives its share of the connection window back. */
 static int on_data_chunk_recv(nghttp2_session *session, uint8_t flags,
                               int32_t stream_id, const uint8_t *data,
                               size_t len, void *user_data)
@@ -559,6 +862,7 @@ static int on_data_chunk_recv(nghttp2_session *session, uint8_t flags,
         return 0;
     }
     upcall_t *call = st->call;
+    st->response_started = 1;
     call->phase = UPCALL_RECEIVING;
     if (len > call->max_body || call->body_out.len > call->max_body - len) {
         char msg[sizeof(call->errmsg)];
@@ -574,22 +878,50 @@ static int on_data_chunk_recv(nghttp2_session *session, uint8_t flags,
 }
 
 
+/* Records the peer's SETTINGS: the first one makes the connection usable,
+ * and every one may change how many streams it takes. */
+static void conn_on_settings(h2_conn_t *conn)
+{
+    h2_pool_t *pool = conn->pool;
+    uint32_t max = nghttp2_session_get_remote_settings(
+        conn->session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+    pool->peer_max_streams = max;
+    if (!conn->settings_received) {
+        conn->settings_received = 1;
+        conn->idle_since = uv_now(pool->loop);
+        conn->ping_base = conn->idle_since;
+    }
+}
+
+
 /* nghttp2_on_frame_recv_callback */
 static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame,
                          void *user_data)
 {
     h2_conn_t *conn = user_data;
 
-    if (frame->hd.type == NGHTTP2_GOAWAY) {
-        /* nghttp2 closes our streams above last_stream_id with
-         * REFUSED_STREAM right after this callback. */
-        conn->goaway_received = 1;
-        conn->goaway_error = frame->goaway.error_code;
-        conn->draining = 1;
-        if (conn->pool->current == conn) {
-            conn->pool->current = NULL;
+    switch (frame->hd.type) {
+    case NGHTTP2_SETTINGS:
+        if (!(frame->hd.flags & NGHTTP2_FLAG_ACK)) {
+            conn_on_settings(conn);
         }
         return 0;
+    case NGHTTP2_PING:
+        if (frame->hd.flags & NGHTTP2_FLAG_ACK) {
+            conn->ping_outstanding = 0;
+        }
+        return 0;
+    case NGHTTP2_GOAWAY:
+        /* nghttp2 closes our streams above last_stream_id with
+         * REFUSED_STREAM right after this callback; on_stream_close()
+         * sends them to another connection. */
+        conn->goaway_received = 1;
+        conn->goaway_last_id = frame->goaway.last_stream_id;
+        conn->goaway_error = frame->goaway.error_code;
+        conn->draining = 1;
+        return 0;
+    default:
+        break;
     }
     h2_stream_t *st = find_stream(session, frame->hd.stream_id);
     if (st == NULL) {
@@ -622,9 +954,6 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame,
         conn->goaway_sent = 1;
         conn->goaway_sent_error = frame->goaway.error_code;
         conn->draining = 1;
-        if (conn->pool->current == conn) {
-            conn->pool->current = NULL;
-        }
         return 0;
     }
     if (frame->hd.type != NGHTTP2_HEADERS ||
@@ -632,16 +961,57 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame,
         return 0;
     }
     h2_stream_t *st = find_stream(session, frame->hd.stream_id);
-    if (st != NULL && st->state == STREAM_OPEN &&
-        st->call->phase == UPCALL_CONNECTING) {
+    if (st == NULL) {
+        return 0;
+    }
+    st->headers_sent = 1;
+    if (st->state == STREAM_OPEN && st->call->phase == UPCALL_CONNECTING) {
         st->call->phase = UPCALL_WAITING;
     }
     return 0;
 }
 
 
-/* nghttp2_on_stream_close_callback: turns the way the stream ended into
- * the call's result. */
+/* Decides the result of an open stream that nghttp2 closed: success,
+ * another attempt on some connection, or an error. */
+static void stream_on_close(h2_conn_t *conn, h2_stream_t *st,
+                            uint32_t error_code)
+{
+    const char *code = nghttp2_http2_strerror(error_code);
+    int above_goaway = conn->goaway_received && st->id > conn->goaway_last_id;
+
+    if (st->remote_ended && error_code == NGHTTP2_NO_ERROR) {
+        stream_finish(st, 0, NULL);
+        return;
+    }
+    int retried = 0;
+    if (above_goaway) {
+        retried = stream_retry(st, END_GOAWAY, conn->goaway_error);
+    } else if (!st->headers_sent) {
+        retried = stream_retry(st, END_NOT_SENT, 0);
+    } else if (st->reset_by_peer && error_code == NGHTTP2_REFUSED_STREAM) {
+        retried = stream_retry(st, END_REFUSED, 0);
+    }
+    if (retried) {
+        return;
+    }
+
+    if (above_goaway) {
+        stream_finish(st, TE_RESET, "connection closed by GOAWAY: %s",
+                      nghttp2_http2_strerror(conn->goaway_error));
+    } else if (st->reset_by_peer) {
+        stream_finish(st, TE_RESET, "stream reset by server: %s", code);
+    } else if (error_code == NGHTTP2_REFUSED_STREAM) {
+        stream_finish(st, TE_RESET, "stream could not be opened: %s", code);
+    } else {
+        /* nghttp2 reset the stream itself, e.g. on a malformed response. */
+        stream_finish(st, TE_BAD_RESPONSE,
+                      "invalid response, stream reset by client: %s", code);
+    }
+}
+
+
+/* nghttp2_on_stream_close_callback */
 static int on_stream_close(nghttp2_session *session, int32_t stream_id,
                            uint32_t error_code, void *user_data)
 {
@@ -655,21 +1025,39 @@ static int on_stream_close(nghttp2_session *session, int32_t stream_id,
         stream_release(st);
         return 0;
     }
+    stream_on_close(conn, st, error_code);
+    return 0;
+}
 
-    const char *code = nghttp2_http2_strerror(error_code);
-    if (st->remote_ended && error_code == NGHTTP2_NO_ERROR) {
-        stream_finish(st, 0, NULL);
-    } else if (st->reset_by_peer) {
-        stream_finish(st, TE_RESET, "stream reset by server: %s", code);
-    } else if (error_code == NGHTTP2_REFUSED_STREAM && conn->goaway_received) {
-        stream_finish(st, TE_RESET, "stream refused after GOAWAY: %s", code);
-    } else if (error_code == NGHTTP2_REFUSED_STREAM) {
-        stream_finish(st, TE_RESET, "stream could not be opened: %s", code);
-    } else {
-        /* nghttp2 reset the stream itself, e.g. on a malformed response. */
-        stream_finish(st, TE_BAD_RESPONSE,
-                      "invalid response, stream reset by client: %s", code);
+
+/* nghttp2_on_frame_not_send_callback. A request HEADERS frame that could
+ * not go out (GOAWAY received meanwhile, or the stream was cancelled
+ * before it was sent) may belong to a stream that nghttp2 never opened,
+ * and then no on_stream_close follows: the stream ends here. */
+static int on_frame_not_send(nghttp2_session *session,
+                             const nghttp2_frame *frame, int lib_error_code,
+                             void *user_data)
+{
+    h2_conn_t *conn = user_data;
+
+    if (frame->hd.type != NGHTTP2_HEADERS ||
+        frame->headers.cat != NGHTTP2_HCAT_REQUEST ||
+        nghttp2_session_find_stream(session, frame->hd.stream_id) != NULL) {
+        return 0;
     }
+    h2_stream_t *st = conn->streams;
+    while (st != NULL && st->id != frame->hd.stream_id) {
+        st = st->session_next;
+    }
+    if (st == NULL) {
+        return 0;
+    }
+    session_unlink(conn, st);
+    if (st->state != STREAM_OPEN) {
+        stream_release(st);
+        return 0;
+    }
+    stream_on_close(conn, st, NGHTTP2_REFUSED_STREAM);
     return 0;
 }
 
@@ -746,21 +1134,25 @@ static int te_from_nghttp2(int rv)
 }
 
 
-/* Submits the request of |st| to nghttp2. Returns 0 or a TE_* code; on
- * success the stream is open and linked into conn->streams. */
+/* Submits the request of |st| to nghttp2. Returns 0 or a TE_* code with
+ * call->errmsg set; on success the stream is open and linked into
+ * conn->streams. */
 static int conn_start_stream(h2_conn_t *conn, h2_stream_t *st)
 {
     upcall_t *call = st->call;
     size_t max_nv = 5 + call->nheaders;
     nghttp2_nv *nva = malloc(max_nv * sizeof(*nva));
     if (nva == NULL) {
+        snprintf(call->errmsg, sizeof(call->errmsg),
+                 "out of memory for a request to %s", conn->pool->endpoint);
         return TE_NOMEM;
     }
 
     size_t n = 0;
     nva[n++] = make_nv(":method", call->method);
     nva[n++] = make_nv(":path", call->path);
-    nva[n++] = make_nv(":scheme", "http");
+    nva[n++] =
+        make_nv(":scheme", conn->pool->opts.tls != NULL ? "https" : "http");
     nva[n++] = make_nv(":authority", call->authority);
     for (size_t i = 0; i < call->nheaders; i++) {
         const upcall_header_t *h = &call->headers[i];
@@ -816,6 +1208,8 @@ static int conn_start_session(h2_conn_t *conn)
                                                          on_frame_recv);
     nghttp2_session_callbacks_set_on_frame_send_callback(callbacks,
                                                          on_frame_send);
+    nghttp2_session_callbacks_set_on_frame_not_send_callback(callbacks,
+                                                             on_frame_not_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(callbacks,
                                                            on_stream_close);
     rv = nghttp2_session_client_new(&conn->session, callbacks, conn);
@@ -839,94 +1233,311 @@ static int conn_start_session(h2_conn_t *conn)
 }
 
 
-/* uv_connect_cb: starts the session and submits the queued calls. */
-static void on_connect(uv_connect_t *req, int status)
+/* Returns whether |conn| can take another stream now. */
+static int conn_has_slot(h2_conn_t *conn)
 {
-    h2_conn_t *conn = req->data;
-    h2_pool_t *pool = conn->pool;
+    if (conn->closing || !conn->settings_received || conn->draining) {
+        return 0;
+    }
+    if (!nghttp2_session_check_request_allowed(conn->session)) {
+        /* Stream ids are used up: let the connection drain. */
+        conn->draining = 1;
+        conn_close_if_idle(conn);
+        return 0;
+    }
+    /* The current value, so a peer that lowers the limit mid-connection
+     * gets no new stream until enough of the open ones have ended. */
+    uint32_t max = nghttp2_session_get_remote_settings(
+        conn->session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+    return conn->nstreams < max;
+}
 
-    /* Closed meanwhile: status is UV_ECANCELED and on_conn_close follows. */
+
+/* Returns the connect timeout for a new connection: the configured one,
+ * clipped to the time the waiting calls have left, so that a black-holed
+ * address does not use up their whole deadline. 0 means no limit. */
+static uint64_t pool_connect_timeout(h2_pool_t *pool)
+{
+    uint64_t timeout = pool->opts.connect_timeout_ms;
+    uint64_t now = uv_hrtime();
+    for (h2_stream_t *st = pool->waiting.head; st != NULL; st = st->next) {
+        uint64_t deadline = st->call->deadline_ns;
+        if (deadline == 0) {
+            continue;
+        }
+        uint64_t left_ms = 1;
+        if (deadline > now) {
+            left_ms = (deadline - now + 999999) / 1000000;
+        }
+        if (timeout == 0 || left_ms < timeout) {
+            timeout = left_ms;
+        }
+    }
+    return timeout;
+}
+
+
+static void on_transport_connect(transport_t *t, int err, const char *msg);
+
+static const transport_callbacks_t transport_callbacks = {
+    .on_connect = on_transport_connect,
+    .on_read = on_transport_read,
+    .on_eof = on_transport_eof,
+    .on_close = on_transport_close,
+};
+
+
+/* Creates a connection and starts connecting. Returns 0, or a TE_* code
+ * after failing the waiting calls with it. */
+static int conn_open(h2_pool_t *pool)
+{
+    char msg[sizeof(((upcall_t *)0)->errmsg)];
+    h2_conn_t *conn = calloc(1, sizeof(*conn));
+    if (conn == NULL) {
+        snprintf(msg, sizeof(msg), "out of memory for a connection to %s",
+                 pool->endpoint);
+        pool_fail_waiting(pool, TE_NOMEM, msg);
+        return TE_NOMEM;
+    }
+    /* libuv's uv_timer_init() only sets fields and returns 0. */
+    uv_timer_init(pool->loop, &conn->timer);
+    conn->pool = pool;
+    conn->timer.data = conn;
+    conn->handles = 1;
+    conn->prev = pool->conns_tail;
+    if (pool->conns_tail != NULL) {
+        pool->conns_tail->next = conn;
+    } else {
+        pool->conns = conn;
+    }
+    pool->conns_tail = conn;
+    pool->handles++;
+    conn->connect_timeout_ms = pool_connect_timeout(pool);
+    conn->opened_at = uv_now(pool->loop);
+
+    /* The transport's own timeout covers TCP and TLS, with messages that
+     * tell them apart. The connection timer, which ends at the same time,
+     * covers the wait for the server's SETTINGS. */
+    int rv = transport_connect(
+        &conn->transport, pool->loop, (const struct sockaddr *)&pool->addr,
+        pool->opts.tls, pool->opts.server_name, conn->connect_timeout_ms,
+        &transport_callbacks, conn);
+    if (rv != 0) {
+        /* conn_close() fails the waiting calls. */
+        const char *why = rv == TE_NOMEM           ? "out of memory"
+                          : pool->opts.tls != NULL ? "invalid TLS settings"
+                                                   : "invalid address";
+        conn_close(conn, rv == TE_NOMEM ? TE_NOMEM : TE_CONNECT,
+                   "connect to %s failed: %s", pool->endpoint, why);
+        return rv;
+    }
+    conn->transport_started = 1;
+    conn->handles++;
+    conn_arm_timer(conn);
+    return 0;
+}
+
+
+/* Opens connections until the waiting calls fit, counting the streams
+ * that connections still connecting are expected to take. Draining
+ * connections do not count against max_connections because they take no
+ * new streams and close on their own. */
+static void pool_grow(h2_pool_t *pool)
+{
+    uint64_t assumed = pool->peer_max_streams > 0 ? pool->peer_max_streams : 1;
+    uint64_t capacity = 0;
+    size_t nconns = 0;
+    for (h2_conn_t *conn = pool->conns; conn != NULL; conn = conn->next) {
+        if (conn->closing || conn->draining) {
+            continue;
+        }
+        nconns++;
+        if (!conn->settings_received) {
+            capacity += assumed;
+        }
+    }
+    while (pool->nwaiting > capacity && nconns < pool->opts.max_connections) {
+        if (conn_open(pool) != 0) {
+            return;
+        }
+        nconns++;
+        capacity += assumed;
+    }
+}
+
+
+/* Starts waiting calls, oldest first, on connections with a free stream
+ * slot, then opens connections for the calls left. */
+static void pool_dispatch(h2_pool_t *pool)
+{
+    if (pool->closing) {
+        return;
+    }
+    for (h2_conn_t *conn = pool->conns; conn != NULL; conn = conn->next) {
+        int started = 0;
+        while (pool->waiting.head != NULL && conn_has_slot(conn)) {
+            h2_stream_t *st = pool->waiting.head;
+            waiting_remove(pool, st);
+            st->state = STREAM_OPEN;
+            int rv = conn_start_stream(conn, st);
+            if (rv != 0) {
+                /* conn_start_stream() has written call->errmsg. */
+                char msg[sizeof(st->call->errmsg)];
+                snprintf(msg, sizeof(msg), "%s", st->call->errmsg);
+                stream_finish(st, rv, "%s", msg);
+                continue;
+            }
+            started = 1;
+        }
+        if (started) {
+            conn_flush(conn);
+        }
+    }
+    pool_grow(pool);
+}
+
+
+/* Sends GOAWAY(NO_ERROR) on a connection that had no stream for
+ * idle_timeout_ms; conn_close_if_idle() closes it once that is written. */
+static void conn_close_idle(h2_conn_t *conn)
+{
+    conn->draining = 1;
+    conn->idle_closed = 1;
+    int rv = nghttp2_submit_goaway(
+        conn->session, NGHTTP2_FLAG_NONE,
+        nghttp2_session_get_last_proc_stream_id(conn->session),
+        NGHTTP2_NO_ERROR, NULL, 0);
+    if (rv != 0) {
+        conn_close(conn, TE_RESET, "idle connection to %s closed",
+                   conn->pool->endpoint);
+        return;
+    }
+    conn_flush(conn);
+}
+
+
+static void conn_send_ping(h2_conn_t *conn)
+{
+    int rv = nghttp2_submit_ping(conn->session, NGHTTP2_FLAG_NONE, NULL);
+    if (rv != 0) {
+        conn_close(conn, te_from_nghttp2(rv), "HTTP/2 PING failed: %s",
+                   nghttp2_strerror(rv));
+        return;
+    }
+    conn->ping_outstanding = 1;
+    conn->ping_sent_at = uv_now(conn->pool->loop);
+    conn->ping_base = conn->ping_sent_at;
+    conn_flush(conn);
+}
+
+
+/* uv_timer_cb for the connection timer: connect timeout, missing PING
+ * ACK, idle timeout and the next PING. */
+static void on_conn_timer(uv_timer_t *timer)
+{
+    h2_conn_t *conn = timer->data;
+    h2_pool_t *pool = conn->pool;
+    const pool_options_t *opts = &pool->opts;
+    uint64_t now = uv_now(pool->loop);
+
     if (conn->closing) {
         return;
     }
-    if (status < 0) {
-        conn_close(conn, TE_CONNECT, "connect to %s failed: %s", pool->endpoint,
-                   uv_strerror(status));
+    if (!conn->settings_received) {
+        if (conn->connect_timeout_ms > 0 &&
+            now >= conn->opened_at + conn->connect_timeout_ms) {
+            conn_close(conn, TE_CONNECT,
+                       "connect to %s timed out after %llu ms", pool->endpoint,
+                       (unsigned long long)conn->connect_timeout_ms);
+        }
+    } else if (conn->ping_outstanding &&
+               now >= conn->ping_sent_at + opts->ping_interval_ms) {
+        conn_close(conn, TE_RESET, "no PING ACK from %s within %llu ms",
+                   pool->endpoint, (unsigned long long)opts->ping_interval_ms);
+    } else if (conn->nstreams == 0 && !conn->draining) {
+        if (opts->idle_timeout_ms > 0 &&
+            now >= conn->idle_since + opts->idle_timeout_ms) {
+            conn_close_idle(conn);
+        } else if (opts->ping_interval_ms > 0 && !conn->ping_outstanding &&
+                   now >= conn->ping_base + opts->ping_interval_ms) {
+            conn_send_ping(conn);
+        }
+    }
+    pool_settle(pool);
+}
+
+
+static uint64_t min_u64(uint64_t a, uint64_t b)
+{
+    return a < b ? a : b;
+}
+
+
+/* Starts the connection timer for whichever of its deadlines comes
+ * first, or stops it when none applies. */
+static void conn_arm_timer(h2_conn_t *conn)
+{
+    const pool_options_t *opts = &conn->pool->opts;
+    uint64_t due = UINT64_MAX;
+
+    if (conn->closing) {
         return;
     }
-    /* A failure here only costs latency, so it is not fatal. */
-    uv_tcp_nodelay(&conn->tcp, 1);
+    if (!conn->settings_received) {
+        if (conn->connect_timeout_ms > 0) {
+            due = conn->opened_at + conn->connect_timeout_ms;
+        }
+    } else {
+        if (conn->ping_outstanding) {
+            due = conn->ping_sent_at + opts->ping_interval_ms;
+        }
+        if (conn->nstreams == 0 && !conn->draining) {
+            if (opts->idle_timeout_ms > 0) {
+                due = min_u64(due, conn->idle_since + opts->idle_timeout_ms);
+            }
+            if (opts->ping_interval_ms > 0 && !conn->ping_outstanding) {
+                due = min_u64(due, conn->ping_base + opts->ping_interval_ms);
+            }
+        }
+    }
+    if (due == UINT64_MAX) {
+        uv_timer_stop(&conn->timer);
+        return;
+    }
+    uint64_t now = uv_now(conn->pool->loop);
+    uv_timer_start(&conn->timer, on_conn_timer, due > now ? due - now : 0, 0);
+}
+
+
+/* transport_connect_cb: starts the session. The connection takes streams
+ * once the peer's SETTINGS arrive, because only they tell how many. A
+ * failed TCP connect or TLS handshake is TE_CONNECT with the transport's
+ * message. */
+static void on_transport_connect(transport_t *t, int err, const char *msg)
+{
+    h2_conn_t *conn = t->data;
+    h2_pool_t *pool = conn->pool;
+
+    if (conn->closing) {
+        return;
+    }
+    if (err != 0) {
+        conn_close(conn, TE_CONNECT, "%s", msg);
+        pool_settle(pool);
+        return;
+    }
 
     int rv = conn_start_session(conn);
     if (rv != 0) {
         conn_close(conn, te_from_nghttp2(rv), "HTTP/2 session setup failed: %s",
                    nghttp2_strerror(rv));
+        pool_settle(pool);
         return;
     }
     conn->connected = 1;
-    rv = uv_read_start((uv_stream_t *)&conn->tcp, on_alloc, on_read);
-    if (rv != 0) {
-        conn_close(conn, TE_RESET, "read from %s failed: %s", pool->endpoint,
-                   uv_strerror(rv));
-        return;
-    }
-
-    while (conn->queued.head != NULL) {
-        h2_stream_t *st = conn->queued.head;
-        list_remove(&conn->queued, st);
-        st->state = STREAM_OPEN;
-        rv = conn_start_stream(conn, st);
-        if (rv != 0) {
-            /* conn_start_stream() has written call->errmsg. */
-            char msg[sizeof(st->call->errmsg)];
-            snprintf(msg, sizeof(msg), "%s", st->call->errmsg);
-            stream_finish(st, rv, "%s", msg);
-        }
-    }
+    /* Sends the connection preface and our SETTINGS. */
     conn_flush(conn);
-    pool_deliver(pool);
-}
-
-
-/* Creates a connection, starts connecting and makes it the pool's current
- * one. Returns 0 or a TE_* code with |call|->errmsg set. */
-static int conn_open(h2_pool_t *pool, upcall_t *call, h2_conn_t **out)
-{
-    h2_conn_t *conn = calloc(1, sizeof(*conn));
-    if (conn == NULL) {
-        snprintf(call->errmsg, sizeof(call->errmsg),
-                 "out of memory for a connection to %s", pool->endpoint);
-        return TE_NOMEM;
-    }
-    int rv = uv_tcp_init(pool->loop, &conn->tcp);
-    if (rv != 0) {
-        snprintf(call->errmsg, sizeof(call->errmsg), "connect to %s failed: %s",
-                 pool->endpoint, uv_strerror(rv));
-        free(conn);
-        return TE_CONNECT;
-    }
-    conn->pool = pool;
-    conn->tcp.data = conn;
-    conn->connect_req.data = conn;
-    conn->write_req.data = conn;
-    conn->next = pool->conns;
-    if (pool->conns != NULL) {
-        pool->conns->prev = conn;
-    }
-    pool->conns = conn;
-    pool->handles++;
-    pool->current = conn;
-
-    rv = uv_tcp_connect(&conn->connect_req, &conn->tcp,
-                        (const struct sockaddr *)&pool->addr, on_connect);
-    if (rv != 0) {
-        conn_close(conn, TE_CONNECT, "connect to %s failed: %s", pool->endpoint,
-                   uv_strerror(rv));
-        snprintf(call->errmsg, sizeof(call->errmsg), "%s", conn->errmsg);
-        return TE_CONNECT;
-    }
-    *out = conn;
-    return 0;
+    pool_settle(pool);
 }
 
 
@@ -943,7 +1554,27 @@ h2_pool_t *h2_pool_new(uv_loop_t *loop, const struct sockaddr *addr,
     if (pool == NULL) {
         return NULL;
     }
+    if (opts != NULL) {
+        pool->opts = *opts;
+    } else {
+        pool->opts.max_connections = H2_DEFAULT_MAX_CONNECTIONS;
+        pool->opts.idle_timeout_ms = H2_DEFAULT_IDLE_TIMEOUT_MS;
+        pool->opts.connect_timeout_ms = H2_DEFAULT_CONNECT_TIMEOUT_MS;
+        pool->opts.ping_interval_ms = H2_DEFAULT_PING_INTERVAL_MS;
+    }
+    if (pool->opts.max_connections == 0) {
+        pool->opts.max_connections = 1;
+    }
+    if (pool->opts.server_name != NULL) {
+        pool->server_name = strdup(pool->opts.server_name);
+        if (pool->server_name == NULL) {
+            free(pool);
+            return NULL;
+        }
+    }
+    pool->opts.server_name = pool->server_name;
     if (uv_timer_init(loop, &pool->deliver_timer) != 0) {
+        free(pool->server_name);
         free(pool);
         return NULL;
     }
@@ -952,6 +1583,7 @@ h2_pool_t *h2_pool_new(uv_loop_t *loop, const struct sockaddr *addr,
     memcpy(pool->endpoint, endpoint, sizeof(endpoint));
     pool->deliver_timer.data = pool;
     pool->handles = 1;
+    pool->peer_max_streams = H2_ASSUMED_MAX_STREAMS;
     return pool;
 }
 
@@ -980,38 +1612,11 @@ int h2_pool_submit(h2_pool_t *pool, upcall_t *call)
     }
     st->call = call;
     st->pool = pool;
-
-    h2_conn_t *conn = pool->current;
-    if (conn != NULL && conn->connected &&
-        !nghttp2_session_check_request_allowed(conn->session)) {
-        /* Stream ids are used up: let the connection drain. */
-        conn->draining = 1;
-        pool->current = NULL;
-        conn_close_if_idle(conn);
-        conn = NULL;
-    }
-    if (conn == NULL) {
-        int rv = conn_open(pool, call, &conn);
-        if (rv != 0) {
-            free(st);
-            return rv;
-        }
-    }
-
-    st->conn = conn;
+    st->seq = pool->next_seq++;
     call->pool_conn = st;
-    if (!conn->connected) {
-        st->state = STREAM_QUEUED;
-        list_push(&conn->queued, st);
-        return 0;
-    }
-    int rv = conn_start_stream(conn, st);
-    if (rv != 0) {
-        call->pool_conn = NULL;
-        free(st);
-        return rv;
-    }
-    conn_flush(conn);
+    waiting_insert(pool, st);
+    /* Failures found here reach on_done through the deliver timer. */
+    pool_dispatch(pool);
     return 0;
 }
 
@@ -1026,8 +1631,8 @@ void h2_pool_cancel(h2_pool_t *pool, upcall_t *call)
     call->phase = UPCALL_CANCELLED;
 
     switch (st->state) {
-    case STREAM_QUEUED:
-        list_remove(&st->conn->queued, st);
+    case STREAM_WAITING:
+        waiting_remove(pool, st);
         free(st);
         return;
     case STREAM_FINISHED:
@@ -1061,6 +1666,8 @@ void h2_pool_cancel(h2_pool_t *pool, upcall_t *call)
         return;
     }
     conn_flush(conn);
+    /* The freed slot may let a waiting call start. */
+    pool_schedule(pool);
 }
 
 
@@ -1082,7 +1689,6 @@ void h2_pool_close(h2_pool_t *pool)
         return;
     }
     pool->closing = 1;
-    pool->current = NULL;
 
     /* The caller may free its calls as soon as this returns, so every
      * stream lets go of its call now. */
@@ -1091,19 +1697,18 @@ void h2_pool_close(h2_pool_t *pool)
         list_remove(&pool->finished, st);
         stream_detach(st);
     }
+    while (pool->waiting.head != NULL) {
+        h2_stream_t *st = pool->waiting.head;
+        waiting_remove(pool, st);
+        stream_detach(st);
+    }
     for (h2_conn_t *conn = pool->conns; conn != NULL; conn = conn->next) {
-        while (conn->queued.head != NULL) {
-            h2_stream_t *st = conn->queued.head;
-            list_remove(&conn->queued, st);
-            stream_detach(st);
-        }
         for (h2_stream_t *st = conn->streams; st != NULL;
              st = st->session_next) {
             stream_detach(st);
         }
         if (!conn->closing) {
-            conn->closing = 1;
-            uv_close((uv_handle_t *)&conn->tcp, on_conn_close);
+            conn_close_handles(conn);
         }
     }
     uv_close((uv_handle_t *)&pool->deliver_timer, on_pool_timer_close);

@@ -3,6 +3,8 @@
 
 #include <ares.h>
 #include <arpa/inet.h>
+#include <arpa/nameser.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,12 +28,27 @@ struct resolver_s {
     int open_handles;
 };
 
+/* One lookup: A and AAAA of one host, or SRV and then A and AAAA of each
+ * target. The result is built in place and reported once. */
 typedef struct lookup_s {
     resolver_t *r;
     resolver_cb cb;
     void *arg;
-    unsigned port;
+    unsigned port;        /* A/AAAA lookup: the port to fill in */
+    int pending;          /* SRV: target lookups still running, plus one */
+    bool cancelled;       /* a sub-lookup saw the channel being destroyed */
+    const char *name;     /* SRV name, for messages (not owned) */
+    char first_error[96]; /* SRV: why the first failing target failed */
+    resolver_result_t res;
 } lookup_t;
+
+/* One SRV target being resolved. */
+typedef struct target_s {
+    lookup_t *lk;
+    unsigned port;
+    uint16_t priority;
+    uint16_t weight;
+} target_t;
 
 
 static void release_if_done(resolver_t *r)
@@ -139,9 +156,10 @@ static void on_sock_state(void *data, ares_socket_t fd, int readable,
 }
 
 
-int resolver_new(uv_loop_t *loop, const char *servers, resolver_t **out,
-                 char *err, size_t errlen)
+int resolver_new(uv_loop_t *loop, const resolver_options_t *ropts,
+                 resolver_t **out, char *err, size_t errlen)
 {
+    const char *servers = ropts != NULL ? ropts->servers : NULL;
     resolver_t *r = calloc(1, sizeof(*r));
     if (r == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -153,7 +171,16 @@ int resolver_new(uv_loop_t *loop, const char *servers, resolver_t **out,
     memset(&opts, 0, sizeof(opts));
     opts.sock_state_cb = on_sock_state;
     opts.sock_state_cb_data = r;
-    int rc = ares_init_options(&r->channel, &opts, ARES_OPT_SOCK_STATE_CB);
+    int optmask = ARES_OPT_SOCK_STATE_CB;
+    if (ropts != NULL && ropts->timeout_ms > 0) {
+        opts.timeout = ropts->timeout_ms;
+        optmask |= ARES_OPT_TIMEOUTMS;
+    }
+    if (ropts != NULL && ropts->tries > 0) {
+        opts.tries = ropts->tries;
+        optmask |= ARES_OPT_TRIES;
+    }
+    int rc = ares_init_options(&r->channel, &opts, optmask);
     if (rc != ARES_SUCCESS) {
         snprintf(err, errlen, "c-ares initialisation failed: %s",
                  ares_strerror(rc));
@@ -178,69 +205,227 @@ int resolver_new(uv_loop_t *loop, const char *servers, resolver_t **out,
 }
 
 
-/* ares_addrinfo_callback: the lookup finished. */
+/* Appends the addresses of |ai| to |res| with |port| and the SRV
+ * |priority| and |weight|, and lowers res->ttl_s to their smallest TTL. */
+static void add_addrinfo(resolver_result_t *res, const struct ares_addrinfo *ai,
+                         unsigned port, uint16_t priority, uint16_t weight)
+{
+    for (struct ares_addrinfo_node *n = ai != NULL ? ai->nodes : NULL;
+         n != NULL && res->naddrs < RESOLVER_MAX_ADDRS; n = n->ai_next) {
+        if (n->ai_family != AF_INET && n->ai_family != AF_INET6) {
+            continue;
+        }
+        resolver_addr_t *a = &res->addrs[res->naddrs++];
+        memset(a, 0, sizeof(*a));
+        memcpy(&a->addr, n->ai_addr, n->ai_addrlen);
+        if (n->ai_family == AF_INET) {
+            ((struct sockaddr_in *)&a->addr)->sin_port = htons(port);
+        } else {
+            ((struct sockaddr_in6 *)&a->addr)->sin6_port = htons(port);
+        }
+        a->priority = priority;
+        a->weight = weight;
+        if (res->ttl_s < 0 || n->ai_ttl < res->ttl_s) {
+            res->ttl_s = n->ai_ttl;
+        }
+    }
+}
+
+
+static bool is_cancel_status(int status)
+{
+    return status == ARES_EDESTRUCTION || status == ARES_ECANCELLED;
+}
+
+
+/* ares_addrinfo_callback: an A/AAAA lookup finished. */
 static void on_addrinfo(void *arg, int status, int timeouts,
                         struct ares_addrinfo *ai)
 {
     lookup_t *lk = arg;
-    resolver_result_t res;
-    memset(&res, 0, sizeof(res));
-    res.ttl_s = -1;
-
+    resolver_result_t *res = &lk->res;
     int err = 0;
-    if (status == ARES_EDESTRUCTION || status == ARES_ECANCELLED) {
+
+    if (is_cancel_status(status)) {
         err = TE_CANCELLED;
-        snprintf(res.errmsg, sizeof(res.errmsg), "resolver closed");
+        snprintf(res->errmsg, sizeof(res->errmsg), "resolver closed");
     } else if (status != ARES_SUCCESS) {
         err = TE_RESOLVE;
-        snprintf(res.errmsg, sizeof(res.errmsg), "%s", ares_strerror(status));
+        snprintf(res->errmsg, sizeof(res->errmsg), "%s", ares_strerror(status));
     } else {
-        for (struct ares_addrinfo_node *n = ai != NULL ? ai->nodes : NULL;
-             n != NULL && res.naddrs < RESOLVER_MAX_ADDRS; n = n->ai_next) {
-            if (n->ai_family != AF_INET && n->ai_family != AF_INET6) {
-                continue;
-            }
-            struct sockaddr_storage *ss = &res.addrs[res.naddrs++];
-            memcpy(ss, n->ai_addr, n->ai_addrlen);
-            if (n->ai_family == AF_INET) {
-                ((struct sockaddr_in *)ss)->sin_port = htons(lk->port);
-            } else {
-                ((struct sockaddr_in6 *)ss)->sin6_port = htons(lk->port);
-            }
-            if (res.ttl_s < 0 || n->ai_ttl < res.ttl_s) {
-                res.ttl_s = n->ai_ttl;
-            }
-        }
-        if (res.naddrs == 0) {
+        add_addrinfo(res, ai, lk->port, 0, 0);
+        if (res->naddrs == 0) {
             err = TE_RESOLVE;
-            snprintf(res.errmsg, sizeof(res.errmsg), "no addresses");
+            snprintf(res->errmsg, sizeof(res->errmsg), "no addresses");
         }
     }
     if (ai != NULL) {
         ares_freeaddrinfo(ai);
     }
-    lk->cb(lk->arg, err, &res);
+    lk->cb(lk->arg, err, res);
     free(lk);
+}
+
+
+static lookup_t *lookup_new(resolver_t *r, resolver_cb cb, void *arg)
+{
+    lookup_t *lk = calloc(1, sizeof(*lk));
+    if (lk == NULL) {
+        return NULL;
+    }
+    lk->r = r;
+    lk->cb = cb;
+    lk->arg = arg;
+    lk->res.ttl_s = -1;
+    return lk;
+}
+
+
+static void start_addrinfo(resolver_t *r, const char *host,
+                           ares_addrinfo_callback cb, void *arg)
+{
+    struct ares_addrinfo_hints hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    ares_getaddrinfo(r->channel, host, NULL, &hints, cb, arg);
 }
 
 
 int resolver_lookup(resolver_t *r, const char *host, unsigned port,
                     resolver_cb cb, void *arg)
 {
-    lookup_t *lk = calloc(1, sizeof(*lk));
+    lookup_t *lk = lookup_new(r, cb, arg);
     if (lk == NULL) {
         return TE_NOMEM;
     }
-    lk->r = r;
-    lk->cb = cb;
-    lk->arg = arg;
     lk->port = port;
+    start_addrinfo(r, host, on_addrinfo, lk);
+    schedule_timeout(r);
+    return 0;
+}
 
-    struct ares_addrinfo_hints hints;
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    ares_getaddrinfo(r->channel, host, NULL, &hints, on_addrinfo, lk);
+
+/* Reports an SRV lookup once its last target lookup has ended. */
+static void srv_target_done(lookup_t *lk)
+{
+    if (--lk->pending > 0) {
+        return;
+    }
+    resolver_result_t *res = &lk->res;
+    int err = 0;
+    if (lk->cancelled) {
+        err = TE_CANCELLED;
+        snprintf(res->errmsg, sizeof(res->errmsg), "resolver closed");
+    } else if (res->naddrs == 0) {
+        err = TE_RESOLVE;
+    }
+    if (err == TE_RESOLVE && res->errmsg[0] == '\0') {
+        snprintf(res->errmsg, sizeof(res->errmsg),
+                 "no SRV target of %s resolved: %s", lk->name,
+                 lk->first_error[0] != '\0' ? lk->first_error : "no addresses");
+    }
+    lk->cb(lk->arg, err, res);
+    free(lk);
+}
+
+
+/* ares_addrinfo_callback: the A/AAAA lookup of one SRV target ended. */
+static void on_target_addrinfo(void *arg, int status, int timeouts,
+                               struct ares_addrinfo *ai)
+{
+    target_t *t = arg;
+    lookup_t *lk = t->lk;
+
+    if (is_cancel_status(status)) {
+        lk->cancelled = true;
+    } else if (status != ARES_SUCCESS) {
+        if (lk->first_error[0] == '\0') {
+            snprintf(lk->first_error, sizeof(lk->first_error), "%s",
+                     ares_strerror(status));
+        }
+    } else {
+        add_addrinfo(&lk->res, ai, t->port, t->priority, t->weight);
+    }
+    if (ai != NULL) {
+        ares_freeaddrinfo(ai);
+    }
+    free(t);
+    srv_target_done(lk);
+}
+
+
+/* A target of "." (which c-ares expands to "") means "no service". */
+static bool is_root_name(const char *host)
+{
+    return host[0] == '\0' || strcmp(host, ".") == 0;
+}
+
+
+/* ares_callback: the SRV query ended; resolves each target. */
+static void on_srv(void *arg, int status, int timeouts, unsigned char *abuf,
+                   int alen)
+{
+    lookup_t *lk = arg;
+    resolver_result_t *res = &lk->res;
+    struct ares_srv_reply *srv = NULL;
+
+    if (is_cancel_status(status)) {
+        lk->cancelled = true;
+        srv_target_done(lk);
+        return;
+    }
+    if (status == ARES_SUCCESS) {
+        status = ares_parse_srv_reply(abuf, alen, &srv);
+    }
+    if (status == ARES_SUCCESS && srv == NULL) {
+        status = ARES_ENODATA;
+    }
+    if (status != ARES_SUCCESS) {
+        snprintf(res->errmsg, sizeof(res->errmsg), "SRV lookup of %s: %s",
+                 lk->name, ares_strerror(status));
+        srv_target_done(lk);
+        return;
+    }
+    if (srv->next == NULL && is_root_name(srv->host)) {
+        res->no_service = true;
+        snprintf(res->errmsg, sizeof(res->errmsg),
+                 "service %s has no targets (SRV target \".\")", lk->name);
+        ares_free_data(srv);
+        srv_target_done(lk);
+        return;
+    }
+    for (struct ares_srv_reply *s = srv; s != NULL; s = s->next) {
+        if (is_root_name(s->host)) {
+            continue;
+        }
+        target_t *t = calloc(1, sizeof(*t));
+        if (t == NULL) {
+            continue;
+        }
+        t->lk = lk;
+        t->port = s->port;
+        t->priority = s->priority;
+        t->weight = s->weight;
+        lk->pending++;
+        start_addrinfo(lk->r, s->host, on_target_addrinfo, t);
+    }
+    ares_free_data(srv);
+    /* Drops the reference this callback held; the targets hold theirs. */
+    srv_target_done(lk);
+}
+
+
+int resolver_lookup_srv(resolver_t *r, const char *name, resolver_cb cb,
+                        void *arg)
+{
+    lookup_t *lk = lookup_new(r, cb, arg);
+    if (lk == NULL) {
+        return TE_NOMEM;
+    }
+    lk->name = name;
+    lk->pending = 1;
+    ares_search(r->channel, name, C_IN, T_SRV, on_srv, lk);
     schedule_timeout(r);
     return 0;
 }

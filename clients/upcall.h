@@ -67,6 +67,7 @@ struct upcall_s {
     /* Private to the dispatcher (clients/upstream.c). */
     int up_where;
     void *up_owner;
+    upcall_done_cb up_user_done; /* the caller's on_done while running */
 };
 
 #endif

@@ -1,7 +1,10 @@
-/* Per-worker downstream dispatcher: name resolution, then the pools. */
+/* Per-worker downstream dispatcher: endpoint discovery, load balancing,
+ * passive health, then the pools. */
 #include "upstream.h"
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,64 +12,650 @@
 #include "errors.h"
 #include "h1.h"
 #include "h2.h"
-#include "resolver.h"
 #include "sockaddr.h"
+
+#define DEFAULT_MAX_CONNECTIONS 128
+#define DEFAULT_IDLE_TIMEOUT_MS 30000
+#define DEFAULT_CONNECT_TIMEOUT_MS 250
+#define DEFAULT_DNS_MIN_TTL_MS 1000
+#define DEFAULT_DNS_MAX_TTL_MS 60000
+#define DEFAULT_DNS_MAX_STALE_MS 300000
+#define DEFAULT_EJECT_AFTER 3
+#define DEFAULT_EJECT_BASE_MS 1000
+#define DEFAULT_EJECT_MAX_MS 30000
 
 /* Where a started call sits, for upstream_cancel. */
 enum {
     WHERE_NONE = 0,
     WHERE_RESOLVING, /* in svc_state_t.waiters */
     WHERE_FAILED,    /* in upstream_t.failed, reported on the next tick */
-    WHERE_POOL,      /* handed to the pool in up_owner */
+    WHERE_RETRY,     /* in upstream_t.retry, resubmitted on the next tick */
+    WHERE_POOL,      /* in the pool of its route's endpoint */
 };
 
 enum {
-    SVC_UNRESOLVED = 0,
-    SVC_RESOLVING,
-    SVC_RESOLVED,
+    SVC_UNRESOLVED = 0, /* no endpoint set: the next call resolves */
+    SVC_RESOLVING,      /* first resolution running, calls wait */
+    SVC_FAILED,         /* first resolution failed; calls fail until
+                         * failed_until */
+    SVC_READY,          /* endpoint set known; refreshed in the background */
 };
 
-typedef struct svc_state_s {
+typedef struct svc_state_s svc_state_t;
+
+/* One address and port of a service, with its own pool. */
+typedef struct endpoint_s {
+    svc_state_t *svc;
+    uint64_t id; /* unique in the dispatcher; survives refreshes */
+    struct sockaddr_storage addr;
+    char desc[64]; /* "ip:port" */
+    uint16_t priority;
+    uint16_t weight;
+    h1_pool_t *h1; /* created on first use */
+    h2_pool_t *h2;
+    size_t outstanding;     /* calls in the pool */
+    unsigned failures;      /* consecutive TE_CONNECT / TE_RESET results */
+    unsigned ejections;     /* consecutive ejections without a success */
+    uint64_t ejected_until; /* uv_now() ms; 0 or past: admitted */
+    bool removed;           /* gone from DNS; closed once outstanding is 0 */
+    struct endpoint_s *next_retired;
+} endpoint_t;
+
+/* FIFO of calls linked through queue_next. */
+typedef struct callq_s {
+    upcall_t *head;
+    upcall_t *tail;
+} callq_t;
+
+struct svc_state_s {
     upstream_t *up;
     size_t index;
+    const upstream_service_t *conf;
+    pool_options_t pool; /* conf->pool with defaults filled in */
+    uint64_t min_ttl_ms;
+    uint64_t max_ttl_ms;
+    uint64_t max_stale_ms;
+    unsigned eject_after;
+    uint64_t eject_base_ms;
+    uint64_t eject_max_ms;
+
     int state;
-    struct sockaddr_storage addr;
-    h1_pool_t *h1;
-    h2_pool_t *h2;
-    upcall_t *waiters; /* calls waiting for the first resolution */
-} svc_state_t;
+    bool refreshing;
+    endpoint_t *eps[RESOLVER_MAX_ADDRS]; /* the current set */
+    size_t neps;
+    uint64_t confirmed_at; /* uv_now() of the last good resolution */
+    uint64_t failed_until; /* SVC_FAILED: uv_now() until which calls fail */
+    char failmsg[160];
+    callq_t waiters; /* calls waiting for the first resolution */
+    uv_timer_t refresh_timer;
+};
+
+/* The dispatcher's state of one running call, in call->up_owner. */
+typedef struct route_s {
+    svc_state_t *svc;
+    endpoint_t *ep; /* WHERE_POOL: the endpoint whose pool has the call */
+    unsigned attempts;
+    uint64_t tried[RESOLVER_MAX_ADDRS]; /* endpoint ids, in order */
+    size_t ntried;
+} route_t;
 
 struct upstream_s {
     uv_loop_t *loop;
     resolver_t *resolver;
-    const upstream_service_t *services;
-    size_t nservices;
+    upstream_event_cb on_event;
+    void *event_arg;
     svc_state_t *svc;
-    upcall_t *failed; /* calls that failed before reaching a pool */
-    uv_timer_t failed_timer;
+    size_t nservices;
+    callq_t failed;      /* calls that end on the next tick */
+    callq_t retry;       /* calls to resubmit on the next tick */
+    endpoint_t *retired; /* removed endpoints with calls still running */
+    uv_timer_t tick_timer;
+    int open_handles;
+    bool closing;
+    uint64_t next_endpoint_id;
+    uint64_t rng;
+    upstream_stats_t stats;
 };
 
+static void on_pool_done(upcall_t *call, int err);
+static void on_tick(uv_timer_t *t);
+static void start_resolution(svc_state_t *s);
 
-/* uv_timer_cb: reports the calls that failed before reaching a pool. The
- * list is detached first because on_done may start or cancel calls. */
-static void on_failed_tick(uv_timer_t *t)
+
+static void callq_push(callq_t *q, upcall_t *call)
+{
+    call->queue_next = NULL;
+    if (q->tail != NULL) {
+        q->tail->queue_next = call;
+    } else {
+        q->head = call;
+    }
+    q->tail = call;
+}
+
+
+static upcall_t *callq_pop(callq_t *q)
+{
+    upcall_t *call = q->head;
+    if (call != NULL) {
+        q->head = call->queue_next;
+        if (q->head == NULL) {
+            q->tail = NULL;
+        }
+        call->queue_next = NULL;
+    }
+    return call;
+}
+
+
+static void callq_remove(callq_t *q, upcall_t *call)
+{
+    upcall_t *prev = NULL;
+    for (upcall_t *c = q->head; c != NULL; prev = c, c = c->queue_next) {
+        if (c != call) {
+            continue;
+        }
+        if (prev != NULL) {
+            prev->queue_next = c->queue_next;
+        } else {
+            q->head = c->queue_next;
+        }
+        if (q->tail == c) {
+            q->tail = prev;
+        }
+        c->queue_next = NULL;
+        return;
+    }
+}
+
+
+static size_t callq_length(const callq_t *q)
+{
+    size_t n = 0;
+    for (const upcall_t *c = q->head; c != NULL; c = c->queue_next) {
+        n++;
+    }
+    return n;
+}
+
+
+/* xorshift64*: selection needs speed and spread, not secrecy. */
+static uint64_t next_random(upstream_t *up)
+{
+    up->rng ^= up->rng >> 12;
+    up->rng ^= up->rng << 25;
+    up->rng ^= up->rng >> 27;
+    return up->rng * 0x2545F4914F6CDD1DULL;
+}
+
+
+static void emit(upstream_t *up, upstream_event_kind_t kind,
+                 const svc_state_t *s, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void emit(upstream_t *up, upstream_event_kind_t kind,
+                 const svc_state_t *s, const char *fmt, ...)
+{
+    if (up->on_event == NULL) {
+        return;
+    }
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    upstream_event_t ev = {
+        .kind = kind,
+        .service = s->index,
+        .name = s->conf->name,
+        .message = msg,
+    };
+    up->on_event(up->event_arg, &ev);
+}
+
+
+static void schedule_tick(upstream_t *up)
+{
+    if (!up->closing) {
+        uv_timer_start(&up->tick_timer, on_tick, 0, 0);
+    }
+}
+
+
+/* Ends |call| in the caller's hands: restores its on_done and frees the
+ * route. The caller of this function then calls on_done or not. */
+static void release_route(upcall_t *call)
+{
+    free(call->up_owner);
+    call->up_owner = NULL;
+    call->on_done = call->up_user_done;
+    call->up_user_done = NULL;
+}
+
+
+/* Queues |call| to fail with |err| on the next tick, so that on_done is
+ * never called from inside upstream_start or upstream_cancel. The code is
+ * kept in call->status until then. */
+static void fail_later(upstream_t *up, upcall_t *call, int err)
+{
+    release_route(call);
+    call->status = err;
+    call->up_where = WHERE_FAILED;
+    callq_push(&up->failed, call);
+    schedule_tick(up);
+}
+
+
+static void finish_now(upcall_t *call, int err)
+{
+    release_route(call);
+    call->up_where = WHERE_NONE;
+    call->phase = UPCALL_DONE;
+    call->on_done(call, err);
+}
+
+
+/* ---- endpoints ---- */
+
+static bool same_address(const struct sockaddr_storage *a,
+                         const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family) {
+        return false;
+    }
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const struct sockaddr_in *)a;
+        const struct sockaddr_in *y = (const struct sockaddr_in *)b;
+        return x->sin_port == y->sin_port &&
+               x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a;
+    const struct sockaddr_in6 *y = (const struct sockaddr_in6 *)b;
+    return x->sin6_port == y->sin6_port &&
+           memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0 &&
+           x->sin6_scope_id == y->sin6_scope_id;
+}
+
+
+static bool uses_h2(const svc_state_t *s)
+{
+    return s->conf->proto == UPSTREAM_H2C || s->conf->proto == UPSTREAM_H2;
+}
+
+
+static void endpoint_close_pool(endpoint_t *ep)
+{
+    if (ep->h1 != NULL) {
+        h1_pool_close(ep->h1);
+        ep->h1 = NULL;
+    }
+    if (ep->h2 != NULL) {
+        h2_pool_close(ep->h2);
+        ep->h2 = NULL;
+    }
+}
+
+
+/* Takes |ep| out of service: at once if no call runs on it, else once the
+ * last one ends (in-flight calls are never cancelled by a DNS change). */
+static void endpoint_retire(upstream_t *up, endpoint_t *ep)
+{
+    ep->removed = true;
+    ep->next_retired = up->retired;
+    up->retired = ep;
+    schedule_tick(up);
+}
+
+
+/* Closes and frees the retired endpoints that no call uses any more. Runs
+ * on the tick, outside every pool callback. */
+static void reap_retired(upstream_t *up)
+{
+    endpoint_t **pp = &up->retired;
+    while (*pp != NULL) {
+        endpoint_t *ep = *pp;
+        if (ep->outstanding > 0) {
+            pp = &ep->next_retired;
+            continue;
+        }
+        *pp = ep->next_retired;
+        endpoint_close_pool(ep);
+        free(ep);
+    }
+}
+
+
+static int endpoint_pool_submit(endpoint_t *ep, upcall_t *call)
+{
+    svc_state_t *s = ep->svc;
+    upstream_t *up = s->up;
+    const struct sockaddr *sa = (const struct sockaddr *)&ep->addr;
+
+    if (uses_h2(s)) {
+        if (ep->h2 == NULL) {
+            ep->h2 = h2_pool_new(up->loop, sa, &s->pool);
+        }
+        if (ep->h2 == NULL) {
+            return TE_NOMEM;
+        }
+        return h2_pool_submit(ep->h2, call);
+    }
+    if (ep->h1 == NULL) {
+        ep->h1 = h1_pool_new(up->loop, sa, &s->pool);
+    }
+    if (ep->h1 == NULL) {
+        return TE_NOMEM;
+    }
+    return h1_pool_submit(ep->h1, call);
+}
+
+
+static size_t endpoint_connections(const endpoint_t *ep)
+{
+    size_t n = 0;
+    if (ep->h1 != NULL) {
+        n += h1_pool_connections(ep->h1);
+    }
+    if (ep->h2 != NULL) {
+        n += h2_pool_connections(ep->h2);
+    }
+    return n;
+}
+
+
+/* ---- health ---- */
+
+static bool is_ejected(const endpoint_t *ep, uint64_t now)
+{
+    return ep->ejected_until > now;
+}
+
+
+/* Records the result of one call on |ep|: consecutive connect failures
+ * and resets eject it, a success readmits it for good. */
+static void record_result(endpoint_t *ep, int err)
+{
+    svc_state_t *s = ep->svc;
+    upstream_t *up = s->up;
+
+    if (err == 0) {
+        ep->failures = 0;
+        ep->ejections = 0;
+        return;
+    }
+    if (err != TE_CONNECT && err != TE_RESET) {
+        return;
+    }
+    ep->failures++;
+    if (s->eject_after == 0 || ep->failures < s->eject_after) {
+        return;
+    }
+    ep->failures = 0;
+    uint64_t ms = s->eject_base_ms;
+    for (unsigned i = 0; i < ep->ejections && ms < s->eject_max_ms; i++) {
+        ms *= 2;
+    }
+    if (ms > s->eject_max_ms) {
+        ms = s->eject_max_ms;
+    }
+    ep->ejections++;
+    ep->ejected_until = uv_now(up->loop) + ms;
+    up->stats.ejections++;
+    emit(up, UPSTREAM_EV_EJECTED, s,
+         "endpoint %s of service %s ejected for %llu ms after %u "
+         "consecutive failures (ejection %u in a row)",
+         ep->desc, s->conf->name, (unsigned long long)ms, s->eject_after,
+         ep->ejections);
+}
+
+
+/* ---- selection ---- */
+
+static bool was_tried(const route_t *rt, const endpoint_t *ep)
+{
+    for (size_t i = 0; i < rt->ntried; i++) {
+        if (rt->tried[i] == ep->id) {
+            return true;
+        }
+    }
+    return false;
+}
+
+
+/* Whether |ep| may be chosen for |rt|. With |untried_only| it must not
+ * have been tried yet; otherwise it must differ from the last one. */
+static bool is_allowed(const route_t *rt, const endpoint_t *ep,
+                       bool untried_only)
+{
+    if (rt == NULL || rt->ntried == 0) {
+        return true;
+    }
+    if (untried_only) {
+        return !was_tried(rt, ep);
+    }
+    return rt->tried[rt->ntried - 1] != ep->id;
+}
+
+
+/* RFC 2782: records of weight 0 should have a very small chance of
+ * selection when others weigh more, which scaling the others by 100
+ * gives. A/AAAA endpoints all weigh the same. */
+static uint64_t selection_weight(const svc_state_t *s, const endpoint_t *ep)
+{
+    if (!s->conf->srv) {
+        return 1;
+    }
+    return ep->weight == 0 ? 1 : (uint64_t)ep->weight * 100;
+}
+
+
+/* Draws one of the |n| candidates at random, weighted. */
+static endpoint_t *draw_weighted(upstream_t *up, const svc_state_t *s,
+                                 endpoint_t **cand, size_t n)
+{
+    uint64_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        total += selection_weight(s, cand[i]);
+    }
+    uint64_t pick = next_random(up) % total;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t w = selection_weight(s, cand[i]);
+        if (pick < w) {
+            return cand[i];
+        }
+        pick -= w;
+    }
+    return cand[n - 1];
+}
+
+
+/* Chooses an endpoint for a call, or NULL when none is allowed. */
+static endpoint_t *choose_from(svc_state_t *s, const route_t *rt,
+                               bool untried_only)
+{
+    upstream_t *up = s->up;
+    uint64_t now = uv_now(up->loop);
+    endpoint_t *cand[RESOLVER_MAX_ADDRS];
+    size_t n = 0;
+    bool have_best = false;
+    uint16_t best = 0;
+    endpoint_t *soonest = NULL;
+
+    for (size_t i = 0; i < s->neps; i++) {
+        endpoint_t *ep = s->eps[i];
+        if (!is_allowed(rt, ep, untried_only)) {
+            continue;
+        }
+        if (is_ejected(ep, now)) {
+            if (soonest == NULL || ep->ejected_until < soonest->ejected_until) {
+                soonest = ep;
+            }
+            continue;
+        }
+        if (!have_best || ep->priority < best) {
+            have_best = true;
+            best = ep->priority;
+        }
+    }
+    if (!have_best) {
+        /* Every allowed endpoint is ejected: never eject them all, use the
+         * one that comes back first. */
+        return soonest;
+    }
+    for (size_t i = 0; i < s->neps; i++) {
+        endpoint_t *ep = s->eps[i];
+        if (ep->priority == best && !is_ejected(ep, now) &&
+            is_allowed(rt, ep, untried_only)) {
+            cand[n++] = ep;
+        }
+    }
+    /* Power of two choices: two weighted draws, the one with fewer calls
+     * running wins. */
+    endpoint_t *a = draw_weighted(up, s, cand, n);
+    endpoint_t *b = draw_weighted(up, s, cand, n);
+    return b->outstanding < a->outstanding ? b : a;
+}
+
+
+static endpoint_t *choose_endpoint(svc_state_t *s, const route_t *rt)
+{
+    endpoint_t *ep = choose_from(s, rt, true);
+    if (ep == NULL) {
+        ep = choose_from(s, rt, false);
+    }
+    return ep;
+}
+
+
+/* ---- calls ---- */
+
+static void handle_result(upcall_t *call, int err, bool inside_start);
+
+
+/* Hands |call| to an endpoint's pool. |inside_start|: called from
+ * upstream_start, where on_done must not be called. */
+static void submit(svc_state_t *s, upcall_t *call, bool inside_start)
+{
+    upstream_t *up = s->up;
+    route_t *rt = call->up_owner;
+    endpoint_t *ep = choose_endpoint(s, rt);
+
+    if (ep == NULL) {
+        if (call->errmsg[0] == '\0') {
+            snprintf(call->errmsg, sizeof(call->errmsg),
+                     "service %s has no endpoints", s->conf->name);
+        }
+        fail_later(up, call, TE_CONNECT);
+        return;
+    }
+    rt->ep = ep;
+    rt->attempts++;
+    if (!was_tried(rt, ep) && rt->ntried < RESOLVER_MAX_ADDRS) {
+        rt->tried[rt->ntried++] = ep->id;
+    }
+    memcpy(call->endpoint, ep->desc, sizeof(call->endpoint));
+    call->errmsg[0] = '\0';
+    call->status = 0;
+    call->on_done = on_pool_done;
+    call->up_where = WHERE_POOL;
+    ep->outstanding++;
+
+    int rc = endpoint_pool_submit(ep, call);
+    if (rc != 0) {
+        if (call->errmsg[0] == '\0') {
+            snprintf(call->errmsg, sizeof(call->errmsg),
+                     "cannot start the call to %s at %s: %s", s->conf->name,
+                     ep->desc, te_kind(rc));
+        }
+        handle_result(call, rc, inside_start);
+    }
+}
+
+
+/* Whether a call that could not connect may try another endpoint. */
+static bool may_retry(svc_state_t *s, const upcall_t *call, const route_t *rt)
+{
+    if (s->state != SVC_READY || rt->attempts >= s->neps) {
+        return false;
+    }
+    if (call->deadline_ns != 0 && uv_hrtime() >= call->deadline_ns) {
+        return false;
+    }
+    return choose_endpoint(s, rt) != NULL;
+}
+
+
+/* A pool ended |call| with |err| (or rejected it at submit). Records the
+ * endpoint's health, then moves the call to another endpoint after a
+ * connect failure, or ends it. */
+static void handle_result(upcall_t *call, int err, bool inside_start)
+{
+    route_t *rt = call->up_owner;
+    endpoint_t *ep = rt->ep;
+    svc_state_t *s = rt->svc;
+    upstream_t *up = s->up;
+
+    rt->ep = NULL;
+    ep->outstanding--;
+    record_result(ep, err);
+    if (ep->removed && ep->outstanding == 0) {
+        schedule_tick(up);
+    }
+    if (err == TE_CONNECT && may_retry(s, call, rt)) {
+        up->stats.connect_retries++;
+        emit(up, UPSTREAM_EV_CONNECT_RETRY, s,
+             "service %s: %s; trying another endpoint", s->conf->name,
+             call->errmsg);
+        call->phase = UPCALL_CONNECTING;
+        call->up_where = WHERE_RETRY;
+        callq_push(&up->retry, call);
+        schedule_tick(up);
+        return;
+    }
+    if (inside_start) {
+        fail_later(up, call, err);
+        return;
+    }
+    finish_now(call, err);
+}
+
+
+/* upcall_done_cb installed while a call runs in a pool. */
+static void on_pool_done(upcall_t *call, int err)
+{
+    handle_result(call, err, false);
+}
+
+
+/* uv_timer_cb: deferred work, outside of upstream_start, upstream_cancel
+ * and the pools' callbacks. Only the calls queued before the tick are
+ * handled, so a caller that restarts failing calls cannot spin here. */
+static void on_tick(uv_timer_t *t)
 {
     upstream_t *up = t->data;
-    upcall_t *list = up->failed;
-    up->failed = NULL;
 
-    /* Restore submission order; the list was built by prepending. */
-    upcall_t *ordered = NULL;
-    while (list != NULL) {
-        upcall_t *next = list->queue_next;
-        list->queue_next = ordered;
-        ordered = list;
-        list = next;
+    reap_retired(up);
+
+    size_t nretry = callq_length(&up->retry);
+    for (size_t i = 0; i < nretry && !up->closing; i++) {
+        upcall_t *call = callq_pop(&up->retry);
+        if (call == NULL) {
+            break;
+        }
+        route_t *rt = call->up_owner;
+        if (!may_retry(rt->svc, call, rt)) {
+            finish_now(call, TE_CONNECT);
+            continue;
+        }
+        submit(rt->svc, call, false);
     }
-    while (ordered != NULL) {
-        upcall_t *call = ordered;
-        ordered = call->queue_next;
-        call->queue_next = NULL;
+
+    size_t nfailed = callq_length(&up->failed);
+    for (size_t i = 0; i < nfailed && !up->closing; i++) {
+        upcall_t *call = callq_pop(&up->failed);
+        if (call == NULL) {
+            break;
+        }
         int err = call->status;
         call->status = 0;
         call->up_where = WHERE_NONE;
@@ -76,90 +665,282 @@ static void on_failed_tick(uv_timer_t *t)
 }
 
 
-/* Queues |call| to fail with |err| on the next loop iteration, so that
- * on_done is never called from inside upstream_start. The code is kept
- * in call->status until then; on_failed_tick resets it to 0. */
-static void fail_later(upstream_t *up, upcall_t *call, int err)
+/* ---- resolution ---- */
+
+static uint64_t refresh_delay_ms(const svc_state_t *s, int ttl_s)
 {
-    call->status = err;
-    call->up_where = WHERE_FAILED;
-    call->queue_next = up->failed;
-    up->failed = call;
-    uv_timer_start(&up->failed_timer, on_failed_tick, 0, 0);
+    uint64_t ms = ttl_s > 0 ? (uint64_t)ttl_s * 1000 : 0;
+    if (ms < s->min_ttl_ms) {
+        ms = s->min_ttl_ms;
+    }
+    if (ms > s->max_ttl_ms) {
+        ms = s->max_ttl_ms;
+    }
+    return ms;
 }
 
 
-static void submit_to_pool(upstream_t *up, svc_state_t *s, upcall_t *call)
+/* uv_timer_cb: the answers' TTL ran out. */
+static void on_refresh_due(uv_timer_t *t)
 {
-    const upstream_service_t *svc = &up->services[s->index];
-    int rc;
-
-    if (svc->proto == UPSTREAM_H2C) {
-        call->up_owner = s->h2;
-        rc = h2_pool_submit(s->h2, call);
-    } else {
-        call->up_owner = s->h1;
-        rc = h1_pool_submit(s->h1, call);
+    svc_state_t *s = t->data;
+    if (s->state == SVC_READY && !s->refreshing) {
+        s->refreshing = true;
+        start_resolution(s);
     }
-    if (rc != 0) {
-        if (call->errmsg[0] == '\0') {
-            snprintf(call->errmsg, sizeof(call->errmsg),
-                     "cannot start the call to %s: %s", svc->name, te_kind(rc));
+}
+
+
+static void arm_refresh(svc_state_t *s, uint64_t ms)
+{
+    uv_timer_start(&s->refresh_timer, on_refresh_due, ms, 0);
+}
+
+
+/* Replaces the endpoint set with the addresses of |res|. Endpoints that
+ * stay keep their pools and health; removed ones are retired. */
+static void apply_endpoints(svc_state_t *s, const resolver_result_t *res)
+{
+    upstream_t *up = s->up;
+    endpoint_t *next[RESOLVER_MAX_ADDRS];
+    size_t nnext = 0;
+    size_t added = 0;
+
+    for (size_t i = 0; i < res->naddrs; i++) {
+        const resolver_addr_t *a = &res->addrs[i];
+        bool duplicate = false;
+        for (size_t j = 0; j < nnext; j++) {
+            if (same_address(&next[j]->addr, &a->addr)) {
+                duplicate = true;
+            }
         }
-        fail_later(up, call, rc);
+        if (duplicate) {
+            continue;
+        }
+        endpoint_t *ep = NULL;
+        for (size_t j = 0; j < s->neps; j++) {
+            if (s->eps[j] != NULL && same_address(&s->eps[j]->addr, &a->addr)) {
+                ep = s->eps[j];
+                s->eps[j] = NULL;
+                break;
+            }
+        }
+        if (ep == NULL) {
+            ep = calloc(1, sizeof(*ep));
+            if (ep == NULL) {
+                continue;
+            }
+            ep->svc = s;
+            ep->id = ++up->next_endpoint_id;
+            memcpy(&ep->addr, &a->addr, sizeof(ep->addr));
+            sockaddr_describe((const struct sockaddr *)&ep->addr, ep->desc,
+                              sizeof(ep->desc));
+            added++;
+        }
+        ep->priority = a->priority;
+        ep->weight = a->weight;
+        next[nnext++] = ep;
+    }
+    size_t removed = 0;
+    for (size_t j = 0; j < s->neps; j++) {
+        if (s->eps[j] != NULL) {
+            endpoint_retire(up, s->eps[j]);
+            removed++;
+        }
+    }
+    up->stats.endpoints -= s->neps;
+    memcpy(s->eps, next, nnext * sizeof(next[0]));
+    s->neps = nnext;
+    up->stats.endpoints += nnext;
+    if (added > 0 || removed > 0) {
+        emit(up, UPSTREAM_EV_ENDPOINTS, s,
+             "service %s: %zu endpoints (%zu added, %zu removed)",
+             s->conf->name, nnext, added, removed);
+    }
+}
+
+
+static void drop_endpoints(svc_state_t *s)
+{
+    for (size_t j = 0; j < s->neps; j++) {
+        endpoint_retire(s->up, s->eps[j]);
+        s->eps[j] = NULL;
+    }
+    s->up->stats.endpoints -= s->neps;
+    s->neps = 0;
+}
+
+
+/* The first resolution failed: every waiting call fails at once, and so
+ * do new calls until dns_min_ttl_ms has passed. */
+static void fail_waiters(svc_state_t *s, int err, const resolver_result_t *res)
+{
+    upstream_t *up = s->up;
+
+    if (res->no_service) {
+        snprintf(s->failmsg, sizeof(s->failmsg), "%s", res->errmsg);
+    } else {
+        snprintf(s->failmsg, sizeof(s->failmsg), "cannot resolve %s \"%s\": %s",
+                 s->conf->srv ? "SRV name" : "host", s->conf->host,
+                 res->errmsg);
+    }
+    s->state = SVC_FAILED;
+    s->failed_until = uv_now(up->loop) + s->min_ttl_ms;
+    up->stats.resolve_failures++;
+    emit(up, UPSTREAM_EV_RESOLVE_FAILED, s, "service %s: %s", s->conf->name,
+         s->failmsg);
+
+    upcall_t *call = callq_pop(&s->waiters);
+    while (call != NULL) {
+        snprintf(call->errmsg, sizeof(call->errmsg), "%s", s->failmsg);
+        fail_later(up, call, err == TE_NOMEM ? TE_NOMEM : TE_RESOLVE);
+        call = callq_pop(&s->waiters);
+    }
+}
+
+
+/* A refresh failed: keep the last good set while it is fresh enough. */
+static void refresh_failed(svc_state_t *s, const resolver_result_t *res)
+{
+    upstream_t *up = s->up;
+    uint64_t now = uv_now(up->loop);
+    uint64_t age = now - s->confirmed_at;
+
+    up->stats.refresh_failures++;
+    if (age < s->max_stale_ms) {
+        emit(up, UPSTREAM_EV_REFRESH_FAILED, s,
+             "refresh of %s failed: %s; keeping %zu endpoints confirmed "
+             "%llu ms ago",
+             s->conf->host, res->errmsg, s->neps, (unsigned long long)age);
+        arm_refresh(s, s->min_ttl_ms);
         return;
     }
-    call->up_where = WHERE_POOL;
+    up->stats.stale_expired++;
+    emit(up, UPSTREAM_EV_STALE_EXPIRED, s,
+         "refresh of %s failed: %s; dropping %zu endpoints last confirmed "
+         "%llu ms ago",
+         s->conf->host, res->errmsg, s->neps, (unsigned long long)age);
+    drop_endpoints(s);
+    s->state = SVC_UNRESOLVED;
 }
 
 
-/* resolver_cb: the first resolution of a service finished. */
+/* resolver_cb: a first resolution or a refresh of a service ended. */
 static void on_resolved(void *arg, int err, const resolver_result_t *res)
 {
     svc_state_t *s = arg;
     upstream_t *up = s->up;
-    const upstream_service_t *svc = &up->services[s->index];
-    upcall_t *waiters = s->waiters;
-    s->waiters = NULL;
+    bool refresh = s->refreshing;
 
-    if (err == 0) {
-        /* NOTE: only the first address is used, and the answer is kept for
-         * the life of the worker. */
-        s->addr = res->addrs[0];
-        if (svc->proto == UPSTREAM_H2C) {
-            s->h2 = h2_pool_new(up->loop, (struct sockaddr *)&s->addr, NULL);
-        } else {
-            s->h1 = h1_pool_new(up->loop, (struct sockaddr *)&s->addr, NULL);
-        }
-        if (s->h1 == NULL && s->h2 == NULL) {
-            err = TE_NOMEM;
-        }
+    s->refreshing = false;
+    if (err == TE_CANCELLED || up->closing) {
+        /* The dispatcher is closing; its calls were already ended. */
+        return;
     }
-    s->state = err == 0 ? SVC_RESOLVED : SVC_UNRESOLVED;
+    if (err != 0 || res->naddrs == 0) {
+        if (refresh) {
+            refresh_failed(s, res);
+        } else {
+            fail_waiters(s, err, res);
+        }
+        return;
+    }
+    up->stats.resolutions++;
+    apply_endpoints(s, res);
+    if (s->neps == 0) {
+        resolver_result_t nomem = {.errmsg = "out of memory"};
+        if (refresh) {
+            refresh_failed(s, &nomem);
+        } else {
+            fail_waiters(s, TE_NOMEM, &nomem);
+        }
+        return;
+    }
+    s->state = SVC_READY;
+    s->confirmed_at = uv_now(up->loop);
+    arm_refresh(s, refresh_delay_ms(s, res->ttl_s));
 
-    while (waiters != NULL) {
-        upcall_t *call = waiters;
-        waiters = call->queue_next;
-        call->queue_next = NULL;
-        if (err == TE_CANCELLED) {
-            /* The dispatcher is closing; its calls were already ended. */
-            continue;
-        }
-        if (err != 0) {
-            snprintf(call->errmsg, sizeof(call->errmsg),
-                     "cannot resolve host \"%s\": %s", svc->host, res->errmsg);
-            fail_later(up, call, err == TE_NOMEM ? TE_NOMEM : TE_RESOLVE);
-            continue;
-        }
-        sockaddr_describe((struct sockaddr *)&s->addr, call->endpoint,
-                          sizeof(call->endpoint));
-        submit_to_pool(up, s, call);
+    /* Failures are deferred because this runs inside upstream_start when
+     * the host is an IP literal or in /etc/hosts. */
+    upcall_t *call = callq_pop(&s->waiters);
+    while (call != NULL) {
+        submit(s, call, true);
+        call = callq_pop(&s->waiters);
     }
 }
 
 
+static void start_resolution(svc_state_t *s)
+{
+    upstream_t *up = s->up;
+    int rc;
+
+    if (s->conf->srv) {
+        rc = resolver_lookup_srv(up->resolver, s->conf->host, on_resolved, s);
+    } else {
+        rc = resolver_lookup(up->resolver, s->conf->host, s->conf->port,
+                             on_resolved, s);
+    }
+    if (rc != 0) {
+        resolver_result_t res = {.ttl_s = -1, .errmsg = "out of memory"};
+        on_resolved(s, TE_NOMEM, &res);
+    }
+}
+
+
+/* ---- public functions ---- */
+
+static uint64_t or_default(uint64_t v, uint64_t def)
+{
+    return v != 0 ? v : def;
+}
+
+
+static int setup_service(svc_state_t *s, const upstream_service_t *conf,
+                         char *err, size_t errlen)
+{
+    if (conf->host == NULL || conf->name == NULL) {
+        snprintf(err, errlen, "service %zu: name and host are required",
+                 s->index);
+        return TE_INVALID;
+    }
+    bool tls = conf->proto == UPSTREAM_HTTPS || conf->proto == UPSTREAM_H2;
+    if (tls && conf->pool.tls == NULL) {
+        snprintf(err, errlen, "service %s: a TLS scheme needs pool.tls",
+                 conf->name);
+        return TE_INVALID;
+    }
+    s->conf = conf;
+    s->pool = conf->pool;
+    s->pool.max_connections =
+        or_default(conf->pool.max_connections, DEFAULT_MAX_CONNECTIONS);
+    s->pool.idle_timeout_ms =
+        or_default(conf->pool.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT_MS);
+    s->pool.connect_timeout_ms =
+        or_default(conf->pool.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS);
+    if (s->pool.tls != NULL && s->pool.server_name == NULL) {
+        s->pool.server_name = conf->host;
+    }
+    s->min_ttl_ms = or_default(conf->dns_min_ttl_ms, DEFAULT_DNS_MIN_TTL_MS);
+    s->max_ttl_ms = or_default(conf->dns_max_ttl_ms, DEFAULT_DNS_MAX_TTL_MS);
+    if (s->max_ttl_ms < s->min_ttl_ms) {
+        s->max_ttl_ms = s->min_ttl_ms;
+    }
+    s->max_stale_ms =
+        or_default(conf->dns_max_stale_ms, DEFAULT_DNS_MAX_STALE_MS);
+    s->eject_after =
+        conf->eject_after != 0 ? conf->eject_after : DEFAULT_EJECT_AFTER;
+    s->eject_base_ms = or_default(conf->eject_base_ms, DEFAULT_EJECT_BASE_MS);
+    s->eject_max_ms = or_default(conf->eject_max_ms, DEFAULT_EJECT_MAX_MS);
+    if (s->eject_max_ms < s->eject_base_ms) {
+        s->eject_max_ms = s->eject_base_ms;
+    }
+    return 0;
+}
+
+
 int upstream_new(uv_loop_t *loop, const upstream_service_t *services,
-                 size_t nservices, const char *resolver_servers,
+                 size_t nservices, const upstream_options_t *opts,
                  upstream_t **out, char *err, size_t errlen)
 {
     upstream_t *up = calloc(1, sizeof(*up));
@@ -173,21 +954,39 @@ int upstream_new(uv_loop_t *loop, const upstream_service_t *services,
         snprintf(err, errlen, "out of memory");
         return TE_NOMEM;
     }
-    int rc = resolver_new(loop, resolver_servers, &up->resolver, err, errlen);
+    for (size_t i = 0; i < nservices; i++) {
+        up->svc[i].up = up;
+        up->svc[i].index = i;
+        int rc = setup_service(&up->svc[i], &services[i], err, errlen);
+        if (rc != 0) {
+            free(up->svc);
+            free(up);
+            return rc;
+        }
+    }
+    int rc = resolver_new(loop, opts != NULL ? &opts->resolver : NULL,
+                          &up->resolver, err, errlen);
     if (rc != 0) {
         free(up->svc);
         free(up);
         return rc;
     }
     up->loop = loop;
-    up->services = services;
     up->nservices = nservices;
-    for (size_t i = 0; i < nservices; i++) {
-        up->svc[i].up = up;
-        up->svc[i].index = i;
+    if (opts != NULL) {
+        up->on_event = opts->on_event;
+        up->event_arg = opts->event_arg;
     }
-    uv_timer_init(loop, &up->failed_timer);
-    up->failed_timer.data = up;
+    up->rng = (uv_hrtime() ^ (uint64_t)(uintptr_t)up) | 1;
+    for (size_t i = 0; i < nservices; i++) {
+        uv_timer_init(loop, &up->svc[i].refresh_timer);
+        up->svc[i].refresh_timer.data = &up->svc[i];
+        /* A pending refresh alone must not keep the loop running. */
+        uv_unref((uv_handle_t *)&up->svc[i].refresh_timer);
+    }
+    uv_timer_init(loop, &up->tick_timer);
+    up->tick_timer.data = up;
+    up->open_handles = (int)nservices + 1;
     *out = up;
     return 0;
 }
@@ -196,74 +995,83 @@ int upstream_new(uv_loop_t *loop, const upstream_service_t *services,
 void upstream_start(upstream_t *up, size_t service, upcall_t *call)
 {
     svc_state_t *s = &up->svc[service];
-    const upstream_service_t *svc = &up->services[service];
 
     call->status = 0;
     call->errmsg[0] = '\0';
     call->queue_next = NULL;
+    call->up_user_done = call->on_done;
     call->up_owner = NULL;
 
-    if (s->state == SVC_RESOLVED) {
-        sockaddr_describe((struct sockaddr *)&s->addr, call->endpoint,
-                          sizeof(call->endpoint));
-        submit_to_pool(up, s, call);
+    route_t *rt = calloc(1, sizeof(*rt));
+    if (rt == NULL) {
+        call->up_user_done = NULL;
+        snprintf(call->errmsg, sizeof(call->errmsg), "out of memory");
+        call->status = TE_NOMEM;
+        call->up_where = WHERE_FAILED;
+        callq_push(&up->failed, call);
+        schedule_tick(up);
         return;
     }
+    rt->svc = s;
+    call->up_owner = rt;
 
+    if (s->state == SVC_FAILED && uv_now(up->loop) >= s->failed_until) {
+        s->state = SVC_UNRESOLVED;
+    }
+    switch (s->state) {
+    case SVC_READY:
+        submit(s, call, true);
+        return;
+    case SVC_FAILED:
+        snprintf(call->errmsg, sizeof(call->errmsg), "%s", s->failmsg);
+        fail_later(up, call, TE_RESOLVE);
+        return;
+    default:
+        break;
+    }
     call->phase = UPCALL_RESOLVING;
     call->up_where = WHERE_RESOLVING;
-    call->queue_next = s->waiters;
-    s->waiters = call;
+    callq_push(&s->waiters, call);
     if (s->state == SVC_RESOLVING) {
         return;
     }
     s->state = SVC_RESOLVING;
-    if (resolver_lookup(up->resolver, svc->host, svc->port, on_resolved, s) !=
-        0) {
-        resolver_result_t res;
-        memset(&res, 0, sizeof(res));
-        snprintf(res.errmsg, sizeof(res.errmsg), "out of memory");
-        on_resolved(s, TE_NOMEM, &res);
-    }
-}
-
-
-static void unlink_call(upcall_t **head, upcall_t *call)
-{
-    while (*head != NULL) {
-        if (*head == call) {
-            *head = call->queue_next;
-            call->queue_next = NULL;
-            return;
-        }
-        head = &(*head)->queue_next;
-    }
+    start_resolution(s);
 }
 
 
 void upstream_cancel(upstream_t *up, upcall_t *call)
 {
+    route_t *rt = call->up_owner;
+
     switch (call->up_where) {
     case WHERE_RESOLVING:
-        for (size_t i = 0; i < up->nservices; i++) {
-            unlink_call(&up->svc[i].waiters, call);
-        }
+        callq_remove(&rt->svc->waiters, call);
         break;
     case WHERE_FAILED:
-        unlink_call(&up->failed, call);
+        callq_remove(&up->failed, call);
         break;
-    case WHERE_POOL:
-        for (size_t i = 0; i < up->nservices; i++) {
-            if (up->svc[i].h1 != NULL && call->up_owner == up->svc[i].h1) {
-                h1_pool_cancel(up->svc[i].h1, call);
-            } else if (up->svc[i].h2 != NULL &&
-                       call->up_owner == up->svc[i].h2) {
-                h2_pool_cancel(up->svc[i].h2, call);
-            }
+    case WHERE_RETRY:
+        callq_remove(&up->retry, call);
+        break;
+    case WHERE_POOL: {
+        endpoint_t *ep = rt->ep;
+        if (ep->h1 != NULL) {
+            h1_pool_cancel(ep->h1, call);
+        } else if (ep->h2 != NULL) {
+            h2_pool_cancel(ep->h2, call);
+        }
+        ep->outstanding--;
+        if (ep->removed && ep->outstanding == 0) {
+            schedule_tick(up);
         }
         break;
+    }
     default:
         break;
+    }
+    if (call->up_where != WHERE_FAILED && call->up_where != WHERE_NONE) {
+        release_route(call);
     }
     call->up_where = WHERE_NONE;
     call->phase = UPCALL_CANCELLED;
@@ -274,40 +1082,85 @@ size_t upstream_connections(const upstream_t *up)
 {
     size_t n = 0;
     for (size_t i = 0; i < up->nservices; i++) {
-        if (up->svc[i].h1 != NULL) {
-            n += h1_pool_connections(up->svc[i].h1);
+        const svc_state_t *s = &up->svc[i];
+        for (size_t j = 0; j < s->neps; j++) {
+            n += endpoint_connections(s->eps[j]);
         }
-        if (up->svc[i].h2 != NULL) {
-            n += h2_pool_connections(up->svc[i].h2);
-        }
+    }
+    for (const endpoint_t *ep = up->retired; ep != NULL;
+         ep = ep->next_retired) {
+        n += endpoint_connections(ep);
     }
     return n;
 }
 
 
-/* uv_close_cb for the dispatcher's own timer: the last handle. */
-static void on_upstream_closed(uv_handle_t *h)
+void upstream_get_stats(const upstream_t *up, upstream_stats_t *out)
 {
-    upstream_t *up = h->data;
-    free(up->svc);
-    free(up);
+    *out = up->stats;
+}
+
+
+static void release_handle(upstream_t *up)
+{
+    if (--up->open_handles == 0) {
+        free(up->svc);
+        free(up);
+    }
+}
+
+
+/* uv_close_cb for a service's refresh timer. */
+static void on_refresh_timer_closed(uv_handle_t *h)
+{
+    svc_state_t *s = h->data;
+    release_handle(s->up);
+}
+
+
+/* uv_close_cb for the tick timer. */
+static void on_tick_timer_closed(uv_handle_t *h)
+{
+    release_handle(h->data);
+}
+
+
+/* Frees the routes of calls the caller left behind, so nothing leaks. */
+static void drop_queue(callq_t *q)
+{
+    upcall_t *call = callq_pop(q);
+    while (call != NULL) {
+        release_route(call);
+        call->up_where = WHERE_NONE;
+        call = callq_pop(q);
+    }
 }
 
 
 void upstream_close(upstream_t *up)
 {
+    up->closing = true;
     resolver_close(up->resolver);
     up->resolver = NULL;
     for (size_t i = 0; i < up->nservices; i++) {
-        if (up->svc[i].h1 != NULL) {
-            h1_pool_close(up->svc[i].h1);
-            up->svc[i].h1 = NULL;
+        svc_state_t *s = &up->svc[i];
+        drop_queue(&s->waiters);
+        for (size_t j = 0; j < s->neps; j++) {
+            endpoint_close_pool(s->eps[j]);
+            free(s->eps[j]);
+            s->eps[j] = NULL;
         }
-        if (up->svc[i].h2 != NULL) {
-            h2_pool_close(up->svc[i].h2);
-            up->svc[i].h2 = NULL;
-        }
+        s->neps = 0;
+        uv_close((uv_handle_t *)&s->refresh_timer, on_refresh_timer_closed);
     }
-    up->failed = NULL;
-    uv_close((uv_handle_t *)&up->failed_timer, on_upstream_closed);
+    while (up->retired != NULL) {
+        endpoint_t *ep = up->retired;
+        up->retired = ep->next_retired;
+        endpoint_close_pool(ep);
+        free(ep);
+    }
+    drop_queue(&up->retry);
+    up->failed.head = NULL;
+    up->failed.tail = NULL;
+    uv_close((uv_handle_t *)&up->tick_timer, on_tick_timer_closed);
 }

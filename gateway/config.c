@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,10 +22,29 @@
 #define DEFAULT_MAX_RESPONSE_BODY (8 * 1024 * 1024)
 #define DEFAULT_SHUTDOWN_GRACE_MS 25000
 #define DEFAULT_DEADLINE_MS 1000
+#define DEFAULT_MAX_CONNECTIONS 128
+#define DEFAULT_CONNECT_TIMEOUT_MS 250
+#define DEFAULT_IDLE_TIMEOUT_MS 30000
+#define DEFAULT_PING_INTERVAL_MS 10000
+#define DEFAULT_DNS_MIN_TTL_MS 1000
+#define DEFAULT_DNS_MAX_TTL_MS 60000
+#define DEFAULT_DNS_MAX_STALE_MS 300000
+#define DEFAULT_EJECT_AFTER 3
+#define DEFAULT_EJECT_BASE_MS 1000
+#define DEFAULT_EJECT_MAX_MS 30000
 
 #define TEMPLATE_ERR_MAX 512
 
+#define NKEYS(a) (sizeof(a) / sizeof((a)[0]))
+
+/* NOTE: an unknown scheme is still reported with URL_EXPECTED, which
+ * names only the cleartext schemes, because `tutti check` users and tests
+ * match this text. */
 #define URL_EXPECTED "expected http://HOST[:PORT] or h2c://HOST[:PORT]"
+#define URL_EXPECTED_TLS "expected https://HOST[:PORT] or h2://HOST[:PORT]"
+#define URL_EXPECTED_SRV                                                       \
+    "expected srv+SCHEME://NAME, where SCHEME is http, h2c, https or h2 and "  \
+    "NAME is an SRV record name such as _http._tcp.orders.test"
 #define LISTEN_EXPECTED                                                        \
     "expected HOST:PORT, where HOST is an IPv4 address, localhost or [IPv6]"
 #define DNS_EXPECTED                                                           \
@@ -35,13 +55,38 @@ static const char *const ROOT_KEYS[] = {
     "listen",
     "services",
     "routes",
+    "defaults",
     "resolver",
     "max_request_body_bytes",
     "max_response_body_bytes",
     "shutdown_grace_ms",
 };
-static const char *const RESOLVER_KEYS[] = {"servers"};
-static const char *const SERVICE_KEYS[] = {"url", "timeout_ms"};
+static const char *const RESOLVER_KEYS[] = {"servers", "timeout_ms", "tries"};
+/* "defaults" takes every service key but "url", so it is the tail of
+ * this list. */
+static const char *const SERVICE_KEYS[] = {
+    "url",
+    "timeout_ms",
+    "max_connections",
+    "connect_timeout_ms",
+    "idle_timeout_ms",
+    "ping_interval_ms",
+    "dns_min_ttl_ms",
+    "dns_max_ttl_ms",
+    "dns_max_stale_ms",
+    "eject_after",
+    "eject_base_ms",
+    "eject_max_ms",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "server_name",
+    "tls_verify",
+};
+static const char *const *const DEFAULTS_KEYS = SERVICE_KEYS + 1;
+#define NDEFAULTS_KEYS (NKEYS(SERVICE_KEYS) - 1)
+static const char *const TLS_KEYS[] = {"ca_file", "cert_file", "key_file",
+                                       "server_name", "tls_verify"};
 static const char *const ROUTE_KEYS[] = {"method", "path", "deadline_ms",
                                          "calls"};
 static const char *const CALL_KEYS[] = {
@@ -49,7 +94,6 @@ static const char *const CALL_KEYS[] = {
     "timeout_ms", "required", "forward_body",
 };
 
-#define NKEYS(a) (sizeof(a) / sizeof((a)[0]))
 
 /* State of one parse: where messages go and the strings made for them. */
 typedef struct parse_ctx_s {
@@ -61,6 +105,7 @@ typedef struct parse_ctx_s {
                           * checked against it */
     char **scratch;      /* escaped copies of values quoted in messages */
     size_t nscratch;
+    service_options_t defaults; /* built-in values and "defaults" */
 } parse_ctx_t;
 
 
@@ -644,7 +689,9 @@ static void parse_resolver(parse_ctx_t *ctx, json_t *root, config_t *cfg)
         return;
     }
     check_keys(ctx, res, "resolver", RESOLVER_KEYS, NKEYS(RESOLVER_KEYS));
-    json_t *servers = get_key(ctx, res, "resolver", "servers", true);
+    get_int(ctx, res, "resolver", "timeout_ms", 1, &cfg->resolver_timeout_ms);
+    get_int(ctx, res, "resolver", "tries", 1, &cfg->resolver_tries);
+    json_t *servers = json_object_get(res, "servers");
     if (servers == NULL || !expect_array(ctx, servers, "resolver.servers")) {
         return;
     }
@@ -669,16 +716,16 @@ static void parse_resolver(parse_ctx_t *ctx, json_t *root, config_t *cfg)
 }
 
 
-/* Reports an invalid service URL, with |reason| after a semicolon when
- * it is not NULL. */
+/* Reports an invalid service URL: the form |expected| and, when it is not
+ * NULL, |reason| after a semicolon. */
 static void report_url(parse_ctx_t *ctx, const char *path, const char *url,
-                       const char *reason)
+                       const char *expected, const char *reason)
 {
     if (reason == NULL) {
-        report(ctx, path, "invalid URL %s: " URL_EXPECTED, esc(ctx, url, true));
+        report(ctx, path, "invalid URL %s: %s", esc(ctx, url, true), expected);
     } else {
-        report(ctx, path, "invalid URL %s: " URL_EXPECTED "; %s",
-               esc(ctx, url, true), reason);
+        report(ctx, path, "invalid URL %s: %s; %s", esc(ctx, url, true),
+               expected, reason);
     }
 }
 
@@ -703,78 +750,435 @@ static const char *check_url_host(const hostport_t *hp)
 }
 
 
-static void parse_url(parse_ctx_t *ctx, const char *path, const char *url,
-                      service_t *svc)
+static bool is_tls_scheme(scheme_t scheme)
 {
-    const char *rest;
+    return scheme == SCHEME_HTTPS || scheme == SCHEME_H2;
+}
+
+
+/* Reads the scheme of |url|, with an optional "srv+" prefix, into |svc|.
+ * Returns the text after "://", or NULL when the scheme is unknown. */
+static const char *parse_scheme(const char *url, service_t *svc)
+{
+    static const struct {
+        const char *prefix;
+        scheme_t scheme;
+    } schemes[] = {
+        {"http://", SCHEME_HTTP},
+        {"h2c://", SCHEME_H2C},
+        {"https://", SCHEME_HTTPS},
+        {"h2://", SCHEME_H2},
+    };
+    const char *s = url;
+
+    svc->srv = strncmp(s, "srv+", 4) == 0;
+    if (svc->srv) {
+        s += 4;
+    }
+    for (size_t i = 0; i < NKEYS(schemes); i++) {
+        size_t len = strlen(schemes[i].prefix);
+        if (strncmp(s, schemes[i].prefix, len) == 0) {
+            svc->scheme = schemes[i].scheme;
+            return s + len;
+        }
+    }
+    return NULL;
+}
+
+
+/* Returns |name| without its leading "_service._proto." labels (RFC
+ * 2782), which is the host name a client expects in Host, or all of
+ * |name| when nothing else is left. */
+static const char *srv_target_name(const char *name)
+{
+    const char *p = name;
+
+    while (p[0] == '_') {
+        const char *dot = strchr(p, '.');
+        if (dot == NULL) {
+            return name;
+        }
+        p = dot + 1;
+    }
+    return p[0] != '\0' ? p : name;
+}
+
+
+/* Checks the host and port of an "srv+" URL. Returns false after
+ * reporting a problem. */
+static bool check_srv_host(parse_ctx_t *ctx, const char *path, const char *url,
+                           const hostport_t *hp)
+{
+    if (hp->host_len == 0) {
+        report_url(ctx, path, url, URL_EXPECTED_SRV, "the SRV name is missing");
+        return false;
+    }
+    if (hp->bracketed || is_ipv4(hp->host, hp->host_len)) {
+        report_url(ctx, path, url, URL_EXPECTED_SRV,
+                   "an SRV URL needs a DNS name, not an IP address");
+        return false;
+    }
+    if (!is_host_name(hp->host, hp->host_len)) {
+        report_url(ctx, path, url, URL_EXPECTED_SRV,
+                   "the SRV name is not a valid DNS name");
+        return false;
+    }
+    if (hp->port != NULL) {
+        const char *port =
+            scratch_printf(ctx, ":%.*s", (int)hp->port_len, hp->port);
+        report(ctx, path,
+               "invalid URL %s: an SRV URL takes its ports from "
+               "DNS; remove %s",
+               esc(ctx, url, true), esc(ctx, port, true));
+        return false;
+    }
+    return true;
+}
+
+
+/* Checks the port of a host URL and stores it, or the scheme's default
+ * port, in |*port|. Returns false after reporting a problem. */
+static bool parse_url_port(parse_ctx_t *ctx, const char *path, const char *url,
+                           const char *expected, const hostport_t *hp,
+                           scheme_t scheme, uint16_t *port)
+{
     char reason[128];
 
-    if (strncmp(url, "http://", 7) == 0) {
-        svc->scheme = SCHEME_HTTP;
-        rest = url + 7;
-    } else if (strncmp(url, "h2c://", 6) == 0) {
-        svc->scheme = SCHEME_H2C;
-        rest = url + 6;
-    } else {
-        report_url(ctx, path, url, NULL);
-        return;
+    *port = is_tls_scheme(scheme) ? 443 : 80;
+    if (hp->port == NULL) {
+        return true;
+    }
+    int rc = parse_port(hp->port, hp->port_len, port);
+    if (rc == -1) {
+        report_url(ctx, path, url, expected,
+                   "the port must be a decimal number");
+        return false;
+    }
+    if (rc == -2) {
+        snprintf(reason, sizeof(reason), "port %.*s is out of range",
+                 (int)hp->port_len, hp->port);
+        report_url(ctx, path, url, expected, reason);
+        return false;
+    }
+    return true;
+}
+
+
+/* Sets the scheme, host, port and authority of |svc| from |url|. Returns
+ * false after reporting a problem. */
+static bool parse_url(parse_ctx_t *ctx, const char *path, const char *url,
+                      service_t *svc)
+{
+    const char *rest = parse_scheme(url, svc);
+    if (rest == NULL) {
+        report_url(ctx, path, url, svc->srv ? URL_EXPECTED_SRV : URL_EXPECTED,
+                   NULL);
+        return false;
+    }
+    const char *expected = URL_EXPECTED;
+    if (svc->srv) {
+        expected = URL_EXPECTED_SRV;
+    } else if (is_tls_scheme(svc->scheme)) {
+        expected = URL_EXPECTED_TLS;
     }
 
     size_t auth_len = strcspn(rest, "/?#");
     const char *tail = rest + auth_len;
     if (strchr(tail, '#') != NULL) {
-        report_url(ctx, path, url, "a fragment is not allowed");
-        return;
+        report_url(ctx, path, url, expected, "a fragment is not allowed");
+        return false;
     }
     if (strchr(tail, '?') != NULL) {
-        report_url(ctx, path, url, "a query is not allowed");
-        return;
+        report_url(ctx, path, url, expected, "a query is not allowed");
+        return false;
     }
     if (memchr(rest, '@', auth_len) != NULL) {
-        report_url(ctx, path, url, "userinfo is not allowed");
-        return;
+        report_url(ctx, path, url, expected, "userinfo is not allowed");
+        return false;
     }
     if (tail[0] != '\0' && strcmp(tail, "/") != 0) {
-        report_url(ctx, path, url, "a path other than \"/\" is not allowed");
-        return;
+        report_url(ctx, path, url, expected,
+                   "a path other than \"/\" is not allowed");
+        return false;
     }
 
     hostport_t hp;
     if (!split_hostport(rest, auth_len, &hp)) {
-        report_url(ctx, path, url, NULL);
-        return;
+        report_url(ctx, path, url, expected, NULL);
+        return false;
     }
-    const char *bad_host = check_url_host(&hp);
-    if (bad_host != NULL) {
-        report_url(ctx, path, url, bad_host);
-        return;
-    }
-    uint16_t port = 80;
-    if (hp.port != NULL) {
-        int rc = parse_port(hp.port, hp.port_len, &port);
-        if (rc == -1) {
-            report_url(ctx, path, url, "the port must be a decimal number");
-            return;
-        }
-        if (rc == -2) {
-            snprintf(reason, sizeof(reason), "port %.*s is out of range",
-                     (int)hp.port_len, hp.port);
-            report_url(ctx, path, url, reason);
-            return;
-        }
-    }
-
-    svc->port = port;
-    svc->host = dup_len(ctx, hp.host, hp.host_len);
-    /* The authority keeps the brackets of an IPv6 host, as written. */
-    size_t written = hp.bracketed ? hp.host_len + 2 : hp.host_len;
-    const char *start = hp.bracketed ? hp.host - 1 : hp.host;
     buf_t auth = {0};
-    int rc = buf_appendf(&auth, "%.*s:%u", (int)written, start, (unsigned)port);
+    int rc;
+    if (svc->srv) {
+        if (!check_srv_host(ctx, path, url, &hp)) {
+            return false;
+        }
+        svc->port = 0;
+        svc->host = dup_len(ctx, hp.host, hp.host_len);
+        rc = svc->host != NULL
+                 ? buf_appendf(&auth, "%s", srv_target_name(svc->host))
+                 : 0;
+    } else {
+        const char *bad_host = check_url_host(&hp);
+        if (bad_host != NULL) {
+            report_url(ctx, path, url, expected, bad_host);
+            return false;
+        }
+        uint16_t port;
+        if (!parse_url_port(ctx, path, url, expected, &hp, svc->scheme,
+                            &port)) {
+            return false;
+        }
+        svc->port = port;
+        svc->host = dup_len(ctx, hp.host, hp.host_len);
+        /* The authority keeps the brackets of an IPv6 host, as written. */
+        size_t written = hp.bracketed ? hp.host_len + 2 : hp.host_len;
+        const char *start = hp.bracketed ? hp.host - 1 : hp.host;
+        rc = buf_appendf(&auth, "%.*s:%u", (int)written, start, (unsigned)port);
+    }
     if (rc != 0) {
         ctx->nomem = true;
     }
     svc->authority = auth.data;
+    return true;
+}
+
+
+/* One integer key of service_options_t: its smallest valid value and its
+ * built-in default. */
+typedef struct int_option_s {
+    const char *key;
+    size_t offset;
+    int64_t min;
+    int64_t value;
+} int_option_t;
+
+static const int_option_t INT_OPTIONS[] = {
+    {"timeout_ms", offsetof(service_options_t, timeout_ms), 1, -1},
+    {"max_connections", offsetof(service_options_t, max_connections), 1,
+     DEFAULT_MAX_CONNECTIONS},
+    {"connect_timeout_ms", offsetof(service_options_t, connect_timeout_ms), 1,
+     DEFAULT_CONNECT_TIMEOUT_MS},
+    {"idle_timeout_ms", offsetof(service_options_t, idle_timeout_ms), 1,
+     DEFAULT_IDLE_TIMEOUT_MS},
+    {"ping_interval_ms", offsetof(service_options_t, ping_interval_ms), 0,
+     DEFAULT_PING_INTERVAL_MS},
+    {"dns_min_ttl_ms", offsetof(service_options_t, dns_min_ttl_ms), 1,
+     DEFAULT_DNS_MIN_TTL_MS},
+    {"dns_max_ttl_ms", offsetof(service_options_t, dns_max_ttl_ms), 1,
+     DEFAULT_DNS_MAX_TTL_MS},
+    {"dns_max_stale_ms", offsetof(service_options_t, dns_max_stale_ms), 1,
+     DEFAULT_DNS_MAX_STALE_MS},
+    {"eject_after", offsetof(service_options_t, eject_after), 1,
+     DEFAULT_EJECT_AFTER},
+    {"eject_base_ms", offsetof(service_options_t, eject_base_ms), 1,
+     DEFAULT_EJECT_BASE_MS},
+    {"eject_max_ms", offsetof(service_options_t, eject_max_ms), 1,
+     DEFAULT_EJECT_MAX_MS},
+};
+
+/* Pairs of keys whose first value must not exceed the second. */
+static const struct {
+    const char *low_key;
+    size_t low;
+    const char *high_key;
+    size_t high;
+} ORDERED_OPTIONS[] = {
+    {"dns_min_ttl_ms", offsetof(service_options_t, dns_min_ttl_ms),
+     "dns_max_ttl_ms", offsetof(service_options_t, dns_max_ttl_ms)},
+    {"eject_base_ms", offsetof(service_options_t, eject_base_ms),
+     "eject_max_ms", offsetof(service_options_t, eject_max_ms)},
+};
+
+
+static int64_t *option_int(service_options_t *o, size_t offset)
+{
+    return (int64_t *)((char *)o + offset);
+}
+
+
+static void options_init(service_options_t *o)
+{
+    memset(o, 0, sizeof(*o));
+    for (size_t i = 0; i < NKEYS(INT_OPTIONS); i++) {
+        *option_int(o, INT_OPTIONS[i].offset) = INT_OPTIONS[i].value;
+    }
+    o->tls_verify = true;
+}
+
+
+static void options_free(service_options_t *o)
+{
+    free(o->ca_file);
+    free(o->cert_file);
+    free(o->key_file);
+    free(o->server_name);
+    o->ca_file = NULL;
+    o->cert_file = NULL;
+    o->key_file = NULL;
+    o->server_name = NULL;
+}
+
+
+/* Copies |src| into |dst|, which holds no strings. The TLS settings are
+ * copied only when |tls|, so that "defaults" may hold them for the https://
+ * and h2:// services without making the others invalid. */
+static void options_copy(parse_ctx_t *ctx, service_options_t *dst,
+                         const service_options_t *src, bool tls)
+{
+    *dst = *src;
+    dst->ca_file = NULL;
+    dst->cert_file = NULL;
+    dst->key_file = NULL;
+    dst->server_name = NULL;
+    if (!tls) {
+        dst->tls_verify = true;
+        return;
+    }
+    char *const from[] = {src->ca_file, src->cert_file, src->key_file,
+                          src->server_name};
+    char **const to[] = {&dst->ca_file, &dst->cert_file, &dst->key_file,
+                         &dst->server_name};
+    for (size_t i = 0; i < NKEYS(from); i++) {
+        if (from[i] != NULL) {
+            *to[i] = dup_string(ctx, from[i]);
+        }
+    }
+}
+
+
+/* Replaces |*out| with a copy of the string member |key|, which must not
+ * be empty. Leaves |*out| unchanged when the key is absent or invalid. */
+static const char *get_setting_string(parse_ctx_t *ctx, json_t *obj,
+                                      const char *path, const char *key,
+                                      char **out)
+{
+    const char *s = get_string(ctx, obj, path, key, false);
+    if (s == NULL) {
+        return NULL;
+    }
+    if (s[0] == '\0') {
+        report(ctx, path_key(ctx, path, key), "must not be empty");
+        return NULL;
+    }
+    char *copy = dup_string(ctx, s);
+    if (copy != NULL) {
+        free(*out);
+        *out = copy;
+    }
+    return s;
+}
+
+
+static void get_server_name(parse_ctx_t *ctx, json_t *obj, const char *path,
+                            char **out)
+{
+    const char *s = json_string_value(json_object_get(obj, "server_name"));
+    if (s != NULL && s[0] != '\0') {
+        size_t len = strlen(s);
+        if (!is_host_name(s, len) && !is_ipv4(s, len) && !is_ipv6(s, len)) {
+            report(ctx, path_key(ctx, path, "server_name"),
+                   "invalid server name %s: expected a DNS name or an IP "
+                   "address",
+                   esc(ctx, s, true));
+            return;
+        }
+    }
+    get_setting_string(ctx, obj, path, "server_name", out);
+}
+
+
+/* Overrides |o| with the keys of |obj| (a service or "defaults"). The TLS
+ * keys are read only when |tls_keys|. */
+static void parse_options(parse_ctx_t *ctx, json_t *obj, const char *path,
+                          bool tls_keys, service_options_t *o)
+{
+    for (size_t i = 0; i < NKEYS(INT_OPTIONS); i++) {
+        get_int(ctx, obj, path, INT_OPTIONS[i].key, INT_OPTIONS[i].min,
+                option_int(o, INT_OPTIONS[i].offset));
+    }
+    if (!tls_keys) {
+        return;
+    }
+    get_setting_string(ctx, obj, path, "ca_file", &o->ca_file);
+    get_setting_string(ctx, obj, path, "cert_file", &o->cert_file);
+    get_setting_string(ctx, obj, path, "key_file", &o->key_file);
+    get_server_name(ctx, obj, path, &o->server_name);
+    get_bool(ctx, obj, path, "tls_verify", &o->tls_verify);
+}
+
+
+/* Reports each TLS key of |obj|, a service whose URL has no TLS. */
+static void reject_tls_keys(parse_ctx_t *ctx, json_t *obj, const char *path)
+{
+    for (size_t i = 0; i < NKEYS(TLS_KEYS); i++) {
+        if (json_object_get(obj, TLS_KEYS[i]) != NULL) {
+            report(ctx, path_key(ctx, path, TLS_KEYS[i]),
+                   "TLS settings need an https:// or h2:// URL");
+        }
+    }
+}
+
+
+/* A client certificate is useless without its key and the reverse. Only
+ * a key that |obj| sets is reported: one that came from "defaults" was
+ * reported there. */
+static void check_client_cert(parse_ctx_t *ctx, json_t *obj, const char *path,
+                              const service_options_t *o)
+{
+    bool cert = o->cert_file != NULL;
+    bool key = o->key_file != NULL;
+    if (cert == key) {
+        return;
+    }
+    const char *set = cert ? "cert_file" : "key_file";
+    const char *unset = cert ? "key_file" : "cert_file";
+    if (json_object_get(obj, set) == NULL ||
+        json_object_get(obj, unset) != NULL) {
+        return;
+    }
+    report(ctx, path_key(ctx, path, set),
+           cert ? "\"key_file\" is missing; a client certificate needs its "
+                  "private key"
+                : "\"cert_file\" is missing; a private key needs its client "
+                  "certificate");
+}
+
+
+/* Checks that each minimum is at most its maximum. A pair that |obj| does
+ * not set came from "defaults" (checked there) or the built-in values. */
+static void check_option_order(parse_ctx_t *ctx, json_t *obj, const char *path,
+                               service_options_t *o)
+{
+    for (size_t i = 0; i < NKEYS(ORDERED_OPTIONS); i++) {
+        const char *low_key = ORDERED_OPTIONS[i].low_key;
+        const char *high_key = ORDERED_OPTIONS[i].high_key;
+        if (json_object_get(obj, low_key) == NULL &&
+            json_object_get(obj, high_key) == NULL) {
+            continue;
+        }
+        int64_t low = *option_int(o, ORDERED_OPTIONS[i].low);
+        int64_t high = *option_int(o, ORDERED_OPTIONS[i].high);
+        if (low > high) {
+            report(ctx, path,
+                   "%s %lld is greater than %s %lld; lower %s or raise %s",
+                   low_key, (long long)low, high_key, (long long)high, low_key,
+                   high_key);
+        }
+    }
+}
+
+
+static void parse_defaults(parse_ctx_t *ctx, json_t *root)
+{
+    json_t *d = json_object_get(root, "defaults");
+    if (d == NULL || !expect_object(ctx, d, "defaults")) {
+        return;
+    }
+    check_keys(ctx, d, "defaults", DEFAULTS_KEYS, NDEFAULTS_KEYS);
+    parse_options(ctx, d, "defaults", true, &ctx->defaults);
+    check_client_cert(ctx, d, "defaults", &ctx->defaults);
+    check_option_order(ctx, d, "defaults", &ctx->defaults);
 }
 
 
@@ -785,6 +1189,7 @@ static void parse_service(parse_ctx_t *ctx, const char *name, json_t *v,
 
     svc->name = dup_string(ctx, name);
     svc->timeout_ms = -1;
+    options_init(&svc->options);
     if (!is_name(name, "_.-")) {
         report(ctx, path,
                "invalid service name %s: use only letters, digits, \"_\", "
@@ -796,13 +1201,30 @@ static void parse_service(parse_ctx_t *ctx, const char *name, json_t *v,
     }
     check_keys(ctx, v, path, SERVICE_KEYS, NKEYS(SERVICE_KEYS));
 
+    bool url_ok = false;
     const char *url = get_string(ctx, v, path, "url", true);
     if (url != NULL) {
         const char *upath = path_key(ctx, path, "url");
         svc->url = dup_string(ctx, url);
-        parse_url(ctx, upath, url, svc);
+        url_ok = parse_url(ctx, upath, url, svc);
     }
-    get_int(ctx, v, path, "timeout_ms", 1, &svc->timeout_ms);
+    bool tls = url_ok && is_tls_scheme(svc->scheme);
+    options_copy(ctx, &svc->options, &ctx->defaults, tls);
+    if (url_ok && !tls) {
+        reject_tls_keys(ctx, v, path);
+    }
+    /* With an invalid URL the TLS keys are still read, so that their own
+     * problems show in the same run. */
+    parse_options(ctx, v, path, tls || !url_ok, &svc->options);
+    if (tls && svc->options.server_name == NULL) {
+        const char *host = svc->srv ? svc->authority : svc->host;
+        if (host != NULL) {
+            svc->options.server_name = dup_string(ctx, host);
+        }
+    }
+    check_client_cert(ctx, v, path, &svc->options);
+    check_option_order(ctx, v, path, &svc->options);
+    svc->timeout_ms = svc->options.timeout_ms;
 }
 
 
@@ -1271,6 +1693,7 @@ static void parse_root(parse_ctx_t *ctx, json_t *root, config_t *cfg)
     parse_listen(ctx, root, cfg);
     parse_limits(ctx, root, cfg);
     parse_resolver(ctx, root, cfg);
+    parse_defaults(ctx, root);
     parse_services(ctx, root, cfg);
     parse_routes(ctx, root, cfg);
 }
@@ -1284,6 +1707,7 @@ int config_parse(const char *file, const char *text, size_t len, config_t **out,
     config_t *cfg = NULL;
 
     *out = NULL;
+    options_init(&ctx.defaults);
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     if (root == NULL) {
         buf_t line = {0};
@@ -1305,6 +1729,7 @@ int config_parse(const char *file, const char *text, size_t len, config_t **out,
         parse_root(&ctx, root, cfg);
     }
     json_decref(root);
+    options_free(&ctx.defaults);
     for (size_t i = 0; i < ctx.nscratch; i++) {
         free(ctx.scratch[i]);
     }
@@ -1398,6 +1823,7 @@ static void service_free(service_t *svc)
     free(svc->url);
     free(svc->host);
     free(svc->authority);
+    options_free(&svc->options);
 }
 
 

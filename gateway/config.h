@@ -43,11 +43,22 @@ typedef struct service_s {
     char *name;
     char *url;
     scheme_t scheme;
+    /* "srv+" URL: |host| is an SRV record name such as
+     * _http._tcp.orders.test, whose DNS records give the targets and
+     * their ports. |port| is then 0. */
+    bool srv;
     char *host; /* host name or IP literal, without brackets */
     uint16_t port;
-    char *authority;    /* Host / :authority value, e.g. "localhost:9101" */
-    int64_t timeout_ms; /* -1: none */
-    size_t index;       /* position in config_t.services */
+    /* Host / :authority value, e.g. "localhost:9101". For SRV it is the
+     * record name without its leading "_service._proto" labels, without a
+     * port. */
+    char *authority;
+    int64_t timeout_ms; /* -1: none; the same as options.timeout_ms */
+    /* The defaults merged with the service's own keys. The TLS fields are
+     * set only for https:// and h2:// services, and then server_name is
+     * never NULL. */
+    service_options_t options;
+    size_t index; /* position in config_t.services */
 } service_t;
 
 typedef struct call_s {
@@ -87,7 +98,12 @@ typedef struct config_s {
     size_t nservices;
     route_t *routes;
     size_t nroutes;
-    char *resolver_servers;         /* "ip:port,ip:port" for c-ares, or NULL */
+    char *resolver_servers; /* "ip:port,ip:port" for c-ares, or NULL */
+    /* c-ares timeout of the first try and number of tries per server; 0:
+     * /etc/resolv.conf's "options timeout:" and "attempts:", else
+     * c-ares's defaults. */
+    int64_t resolver_timeout_ms;
+    int64_t resolver_tries;
     size_t max_request_body_bytes;  /* default 1 MiB */
     size_t max_response_body_bytes; /* default 8 MiB, per call */
     int64_t shutdown_grace_ms;      /* default 25000 */

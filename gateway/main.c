@@ -14,6 +14,7 @@
 #include "config.h"
 #include "errors.h"
 #include "log.h"
+#include "transport.h"
 #include "worker.h"
 
 #define TUTTI_VERSION "0.1.0"
@@ -67,6 +68,152 @@ static int print_config_errors(const config_errors_t *errs)
 }
 
 
+/* Returns the text for |err| with either strerror_r variant. */
+static const char *errno_text(int err, char *buf, size_t len)
+{
+#if defined(__GLIBC__) && defined(_GNU_SOURCE)
+    return strerror_r(err, buf, len);
+#else
+    if (strerror_r(err, buf, len) != 0) {
+        snprintf(buf, len, "error %d", err);
+    }
+    return buf;
+#endif
+}
+
+
+static void tls_contexts_free(tls_context_t **ctxs, size_t n)
+{
+    if (ctxs == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (ctxs[i] != NULL) {
+            tls_context_free(ctxs[i]);
+        }
+    }
+    free(ctxs);
+}
+
+
+/* The file settings of a service, in the order they are checked. */
+typedef struct tls_file_s {
+    const char *key;  /* configuration key */
+    const char *kind; /* for messages */
+    const char *path;
+} tls_file_t;
+
+static void tls_files(const service_options_t *o, tls_file_t files[3])
+{
+    files[0] = (tls_file_t){"ca_file", "CA file", o->ca_file};
+    files[1] = (tls_file_t){"cert_file", "client certificate", o->cert_file};
+    files[2] = (tls_file_t){"key_file", "client key", o->key_file};
+}
+
+
+/* Prints a problem with the file settings of |s| as
+ * "FILE: services.NAME[.KEY]: message", like the configuration check. */
+static void print_tls_problem(const config_t *cfg, const service_t *s,
+                              const char *key, const char *msg)
+{
+    fprintf(stderr, "%s: services.%s%s%s: %s\n", cfg->file, s->name,
+            key != NULL ? "." : "", key != NULL ? key : "", msg);
+}
+
+
+/* Opens each file of |s| once, so that a missing or unreadable one is
+ * reported under the key that names it, in the words tls_context_new
+ * uses. Returns the number of problems. */
+static int check_tls_files(const config_t *cfg, const service_t *s)
+{
+    tls_file_t files[3];
+    int problems = 0;
+
+    tls_files(&s->options, files);
+    for (size_t i = 0; i < 3; i++) {
+        if (files[i].path == NULL) {
+            continue;
+        }
+        FILE *f = fopen(files[i].path, "r");
+        if (f != NULL) {
+            fclose(f);
+            continue;
+        }
+        char why[128];
+        char msg[1024];
+        int e = errno;
+        snprintf(msg, sizeof(msg), "cannot load %s %s: %s", files[i].kind,
+                 files[i].path, errno_text(e, why, sizeof(why)));
+        print_tls_problem(cfg, s, files[i].key, msg);
+        problems++;
+    }
+    return problems;
+}
+
+
+/* Returns the key whose file |msg| names, or NULL. */
+static const char *tls_problem_key(const service_t *s, const char *msg)
+{
+    tls_file_t files[3];
+
+    tls_files(&s->options, files);
+    for (size_t i = 0; i < 3; i++) {
+        if (files[i].path != NULL && strstr(msg, files[i].path) != NULL) {
+            return files[i].key;
+        }
+    }
+    return NULL;
+}
+
+
+/* Builds the TLS client context of each https:// and h2:// service, once
+ * for all workers. Returns 0 with |*out| set to cfg->nservices entries,
+ * NULL for cleartext services, or 2 after printing one line per problem.
+ * Loading the files here lets `tutti check` report them too. */
+static int tls_contexts_new(const config_t *cfg, tls_context_t ***out)
+{
+    int problems = 0;
+
+    *out = NULL;
+    tls_context_t **ctxs = calloc(cfg->nservices, sizeof(*ctxs));
+    if (ctxs == NULL) {
+        fprintf(stderr, "tutti: out of memory\n");
+        return 2;
+    }
+    for (size_t i = 0; i < cfg->nservices; i++) {
+        const service_t *s = &cfg->services[i];
+        if (s->scheme != SCHEME_HTTPS && s->scheme != SCHEME_H2) {
+            continue;
+        }
+        if (check_tls_files(cfg, s) > 0) {
+            problems++;
+            continue;
+        }
+        tls_options_t opts = {
+            .ca_file = s->options.ca_file,
+            .cert_file = s->options.cert_file,
+            .key_file = s->options.key_file,
+            .server_name = s->options.server_name,
+            .verify = s->options.tls_verify,
+            .alpn = s->scheme == SCHEME_H2 ? "h2" : "http/1.1",
+        };
+        char err[512];
+        err[0] = '\0';
+        if (tls_context_new(&opts, &ctxs[i], err, sizeof(err)) != 0) {
+            ctxs[i] = NULL;
+            print_tls_problem(cfg, s, tls_problem_key(s, err), err);
+            problems++;
+        }
+    }
+    if (problems > 0) {
+        tls_contexts_free(ctxs, cfg->nservices);
+        return 2;
+    }
+    *out = ctxs;
+    return 0;
+}
+
+
 static int run_check(const char *file)
 {
     config_t *cfg = NULL;
@@ -76,10 +223,15 @@ static int run_check(const char *file)
         config_errors_free(&errs);
         return rc;
     }
-    printf("%s: ok\n", file);
-    config_free(cfg);
     config_errors_free(&errs);
-    return 0;
+    tls_context_t **tls = NULL;
+    int rc = tls_contexts_new(cfg, &tls);
+    if (rc == 0) {
+        printf("%s: ok\n", file);
+    }
+    tls_contexts_free(tls, cfg->nservices);
+    config_free(cfg);
+    return rc;
 }
 
 
@@ -308,6 +460,11 @@ int main(int argc, char **argv)
         return rc;
     }
     config_errors_free(&errs);
+    tls_context_t **tls = NULL;
+    if (tls_contexts_new(cfg, &tls) != 0) {
+        config_free(cfg);
+        return 2;
+    }
 
     char host[256];
     unsigned port = cfg->listen_port;
@@ -318,6 +475,7 @@ int main(int argc, char **argv)
                 "tutti: --listen: invalid address \"%s\"; expected "
                 "HOST:PORT\n",
                 opt.listen);
+        tls_contexts_free(tls, cfg->nservices);
         config_free(cfg);
         return 2;
     }
@@ -344,6 +502,7 @@ int main(int argc, char **argv)
     char bound[80];
     if (fds == NULL || workers == NULL ||
         open_listeners(host, port, nworkers, fds, bound, sizeof(bound)) != 0) {
+        tls_contexts_free(tls, cfg->nservices);
         config_free(cfg);
         return 1;
     }
@@ -352,6 +511,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < nworkers; i++) {
         workers[i].id = i;
         workers[i].cfg = cfg;
+        workers[i].tls = tls;
         workers[i].listen_fd = fds[i];
         workers[i].exited = &exited_async;
         if (worker_start(&workers[i]) != 0) {
@@ -372,6 +532,7 @@ int main(int argc, char **argv)
     log_msg(LOG_INFO, NULL, "stopped");
     free(workers);
     free(fds);
+    tls_contexts_free(tls, cfg->nservices);
     config_free(cfg);
     ares_library_cleanup();
     return 0;

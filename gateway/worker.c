@@ -1,6 +1,7 @@
 /* Worker threads: a libuv loop each, with libmicrohttpd run inside it. */
 #include "worker.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -140,18 +141,117 @@ void worker_request_done(worker_t *w)
 }
 
 
+static upstream_proto_t service_proto(scheme_t scheme)
+{
+    switch (scheme) {
+    case SCHEME_H2C:
+        return UPSTREAM_H2C;
+    case SCHEME_HTTPS:
+        return UPSTREAM_HTTPS;
+    case SCHEME_H2:
+        return UPSTREAM_H2;
+    case SCHEME_HTTP:
+    default:
+        return UPSTREAM_HTTP1;
+    }
+}
+
+
+/* The settings arrive validated: only ping_interval_ms may be 0, which
+ * the pools read as "no PING". Elsewhere the dispatcher would read 0 as
+ * "use the default", which the configuration never passes. */
+static uint64_t to_ms(int64_t v)
+{
+    return v > 0 ? (uint64_t)v : 0;
+}
+
+
 static void build_services(worker_t *w)
 {
     const config_t *cfg = w->cfg;
     for (size_t i = 0; i < cfg->nservices; i++) {
         const service_t *s = &cfg->services[i];
+        const service_options_t *o = &s->options;
         w->services[i] = (upstream_service_t){
             .name = s->name,
             .host = s->host,
             .port = s->port,
-            .proto = s->scheme == SCHEME_H2C ? UPSTREAM_H2C : UPSTREAM_HTTP1,
+            .proto = service_proto(s->scheme),
+            .srv = s->srv,
+            .pool =
+                {
+                    .max_connections = (size_t)o->max_connections,
+                    .idle_timeout_ms = to_ms(o->idle_timeout_ms),
+                    .connect_timeout_ms = to_ms(o->connect_timeout_ms),
+                    .ping_interval_ms = to_ms(o->ping_interval_ms),
+                    .tls = w->tls != NULL ? w->tls[i] : NULL,
+                    .server_name = o->server_name,
+                },
+            .dns_min_ttl_ms = to_ms(o->dns_min_ttl_ms),
+            .dns_max_ttl_ms = to_ms(o->dns_max_ttl_ms),
+            .dns_max_stale_ms = to_ms(o->dns_max_stale_ms),
+            .eject_after =
+                o->eject_after > UINT_MAX ? UINT_MAX : (unsigned)o->eject_after,
+            .eject_base_ms = to_ms(o->eject_base_ms),
+            .eject_max_ms = to_ms(o->eject_max_ms),
         };
     }
+}
+
+
+static int clamp_int(int64_t v)
+{
+    return v > INT_MAX ? INT_MAX : (int)v;
+}
+
+
+static const char *event_name(upstream_event_kind_t kind)
+{
+    switch (kind) {
+    case UPSTREAM_EV_RESOLVE_FAILED:
+        return "resolve_failed";
+    case UPSTREAM_EV_REFRESH_FAILED:
+        return "refresh_failed";
+    case UPSTREAM_EV_STALE_EXPIRED:
+        return "stale_expired";
+    case UPSTREAM_EV_ENDPOINTS:
+        return "endpoints";
+    case UPSTREAM_EV_EJECTED:
+        return "ejected";
+    case UPSTREAM_EV_CONNECT_RETRY:
+        return "connect_retry";
+    default:
+        return "unknown";
+    }
+}
+
+
+/* upstream_event_cb: logs discovery and health changes. A connect retry
+ * can happen on every call while an endpoint is down, so it is logged at
+ * debug level. The ejection that follows is logged as a warning. */
+static void on_upstream_event(void *arg, const upstream_event_t *ev)
+{
+    log_level_t level = LOG_WARN;
+
+    switch (ev->kind) {
+    case UPSTREAM_EV_ENDPOINTS:
+        level = LOG_INFO;
+        break;
+    case UPSTREAM_EV_CONNECT_RETRY:
+        level = LOG_DEBUG;
+        break;
+    case UPSTREAM_EV_STALE_EXPIRED:
+        level = LOG_ERROR;
+        break;
+    default:
+        break;
+    }
+    if (!log_enabled(level)) {
+        return;
+    }
+    log_event(level, NULL, ev->message,
+              json_pack("{s:s, s:s}", "service", ev->name, "event",
+                        event_name(ev->kind)));
 }
 
 
@@ -165,8 +265,18 @@ static int setup(worker_t *w)
         return TE_NOMEM;
     }
     build_services(w);
-    if (upstream_new(&w->loop, w->services, w->cfg->nservices,
-                     w->cfg->resolver_servers, &w->up, err, sizeof(err)) != 0) {
+    upstream_options_t opts = {
+        .resolver =
+            {
+                .servers = w->cfg->resolver_servers,
+                .timeout_ms = clamp_int(w->cfg->resolver_timeout_ms),
+                .tries = clamp_int(w->cfg->resolver_tries),
+            },
+        .on_event = on_upstream_event,
+        .event_arg = w,
+    };
+    if (upstream_new(&w->loop, w->services, w->cfg->nservices, &opts, &w->up,
+                     err, sizeof(err)) != 0) {
         log_msg(LOG_ERROR, NULL, "worker %d: %s", w->id, err);
         return TE_INVALID;
     }

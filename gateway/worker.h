@@ -13,6 +13,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "transport.h"
 #include "upstream.h"
 
 typedef struct req_s req_t;
@@ -31,6 +32,10 @@ typedef struct worker_s {
     uv_timer_t finish_timer;
     upstream_t *up;
     upstream_service_t *services;
+    /* One per service, NULL for cleartext services. Created once by the
+     * main thread, shared read-only by every worker and freed after they
+     * are joined. */
+    tls_context_t *const *tls;
     req_t *inflight; /* requests between arrival and completion */
     size_t ninflight;
     bool draining; /* stop requested: answers carry Connection: close */
@@ -43,7 +48,7 @@ typedef struct worker_s {
     int start_error;
 } worker_t;
 
-/* Prepares |w| (id, cfg, listen_fd, exited set by the caller) and starts
+/* Prepares |w| (id, cfg, tls, listen_fd, exited set by the caller) and starts
  * its thread. Returns 0 or a TE_* code with the reason logged. */
 int worker_start(worker_t *w);
 

@@ -209,21 +209,25 @@ def event_path(event):
 
 
 class Faultd:
-    """A running faultd and its events file."""
+    """A running faultd and its events file. |args| are extra command-line
+    options such as ["--goaway-after", "3"]; |host| is a 127.x.y.z
+    address, so several instances can share one port."""
 
-    def __init__(self, workdir, name="faultd"):
+    def __init__(self, workdir, name="faultd", args=(), host="127.0.0.1",
+                 port=0):
+        self.host = host
         self.events_path = Path(workdir) / f"{name}-events.jsonl"
         self.proc = Process(name, [binary("FAULTD_BIN", "build/faultd"),
-                                   "--port", "0",
-                                   "--events", str(self.events_path)],
-                            workdir)
+                                   "--host", host, "--port", str(port),
+                                   "--events", str(self.events_path)]
+                            + list(args), workdir)
         self.port = self.proc.wait_ready(self._listening_port)
-        self.h1_url = f"http://127.0.0.1:{self.port}"
-        self.h2_url = f"h2c://127.0.0.1:{self.port}"
+        self.h1_url = f"http://{host}:{self.port}"
+        self.h2_url = f"h2c://{host}:{self.port}"
 
     def _listening_port(self):
         first = self.proc.stdout().split("\n", 1)[0]
-        if not first.startswith("listening 127.0.0.1:"):
+        if not first.startswith(f"listening {self.host}:"):
             return None
         if "\n" not in self.proc.stdout():
             return None
@@ -282,19 +286,38 @@ def faultd(tmp_path):
     stop_and_check(server.proc)
 
 
+@pytest.fixture
+def start_faultd(tmp_path):
+    """Start extra faultd instances: start_faultd(name, args=(), host=...,
+    port=0). Each is stopped by its PID in teardown."""
+    started = []
+
+    def start(name, args=(), host="127.0.0.1", port=0):
+        server = Faultd(tmp_path, name=name, args=args, host=host,
+                        port=port)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        stop_and_check(server.proc)
+
+
 # ------------------------------------------------- third-party servers
 
 
 @pytest.fixture(scope="session")
 def dnsmasq(tmp_path_factory):
-    """A dnsmasq that maps ok.test to 127.0.0.1 and returns NXDOMAIN for
-    every other *.test name; returns its port."""
+    """A dnsmasq that maps ok.test and tls.test to 127.0.0.1 and returns
+    NXDOMAIN for every other *.test name; returns its port."""
     workdir = tmp_path_factory.mktemp("dnsmasq")
     port = free_port()
     proc = Process("dnsmasq", [
         "dnsmasq", "-k", "--conf-file=/dev/null", "--no-resolv",
         "--no-hosts", "--listen-address=127.0.0.1", "--bind-interfaces",
-        f"--port={port}", "--address=/ok.test/127.0.0.1", "--local=/test/",
+        f"--port={port}", "--address=/ok.test/127.0.0.1",
+        # The name in the certificates that tls_pki issues.
+        "--address=/tls.test/127.0.0.1", "--local=/test/",
         f"--pid-file={workdir / 'dnsmasq.pid'}"], workdir)
     # dnsmasq serves TCP as well as UDP, so a TCP connect shows it is up.
     proc.wait_ready(lambda: port_open(port))
@@ -558,3 +581,302 @@ def assert_json_response(resp):
     content_type = resp.header("Content-Type") or ""
     assert content_type.split(";")[0].strip() == "application/json", resp
 
+
+
+# ------------------------------------------------ DNS with new records
+
+
+class Dnsmasq:
+    """A dnsmasq on 127.0.0.1 serving |records| (dnsmasq options, see
+    host_record and srv_record) and NXDOMAIN for every other *.test name.
+    restart() replaces the records on the same port, and stop() makes the
+    port go silent, as in a DNS outage."""
+
+    def __init__(self, workdir, records):
+        self.workdir = Path(workdir)
+        self.port = free_port()
+        self.proc = None
+        self.generation = 0
+        self.start(records)
+
+    def start(self, records):
+        self.generation += 1
+        name = f"dnsmasq-records{self.generation}"
+        # --local-ttl sets the TTL of SRV records; host_record sets its own.
+        argv = ["dnsmasq", "-k", "--conf-file=/dev/null", "--no-resolv",
+                "--no-hosts", "--listen-address=127.0.0.1",
+                "--bind-interfaces", f"--port={self.port}",
+                "--local=/test/", "--local-ttl=1",
+                f"--pid-file={self.workdir / (name + '.pid')}"]
+        self.proc = Process(name, argv + list(records), self.workdir)
+        self.proc.wait_ready(lambda: port_open(self.port))
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
+
+    def restart(self, records):
+        self.stop()
+        self.start(records)
+
+    @property
+    def resolver(self):
+        """The gateway's top-level "resolver" object for this server."""
+        return {"servers": [f"127.0.0.1:{self.port}"], "timeout_ms": 200,
+                "tries": 2}
+
+
+def host_record(name, *addresses, ttl=1):
+    """A, AAAA or both for |name|, with a TTL in seconds. Repeat the call
+    for more addresses of the same family."""
+    return f"--host-record={name},{','.join(addresses)},{ttl}"
+
+
+def srv_record(name, target, port, priority=10, weight=10):
+    return f"--srv-host={name},{target},{port},{priority},{weight}"
+
+
+def srv_no_service(name):
+    """An SRV record whose target is ".": the service does not exist."""
+    return f"--srv-host={name}"
+
+
+@pytest.fixture
+def dns_server(tmp_path):
+    """Start a Dnsmasq with dns_server(records); stopped in teardown."""
+    started = []
+
+    def start(records):
+        server = Dnsmasq(tmp_path, records)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+# ------------------------------------------------------------------- TLS
+
+
+class Pki:
+    """Certificates made with the openssl command: a CA, a server
+    certificate it signed for tls.test, localhost and 127.0.0.1, a
+    self-signed certificate for the same names, and a client certificate
+    the CA signed."""
+
+    def __init__(self, workdir):
+        self.dir = Path(workdir)
+        self.ca = self.dir / "ca.pem"
+        self.ca_key = self.dir / "ca.key"
+        self.server = self.dir / "server.pem"
+        self.server_key = self.dir / "server.key"
+        self.self_signed = self.dir / "self.pem"
+        self.self_signed_key = self.dir / "self.key"
+        self.client = self.dir / "client.pem"
+        self.client_key = self.dir / "client.key"
+        san = "subjectAltName=DNS:tls.test,DNS:localhost,IP:127.0.0.1"
+        self._openssl("req", "-x509", *self._new_key(self.ca_key),
+                      "-out", self.ca, "-days", "2",
+                      "-subj", "/CN=tutti test CA",
+                      "-addext", "basicConstraints=critical,CA:TRUE",
+                      "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        self._signed(self.server, self.server_key, "/CN=tls.test",
+                     [san, "extendedKeyUsage=serverAuth"])
+        self._signed(self.client, self.client_key, "/CN=tutti-client",
+                     ["extendedKeyUsage=clientAuth"])
+        self._openssl("req", "-x509", *self._new_key(self.self_signed_key),
+                      "-out", self.self_signed, "-days", "2",
+                      "-subj", "/CN=tls.test", "-addext", san)
+
+    @staticmethod
+    def _new_key(path):
+        return ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                "-nodes", "-keyout", path]
+
+    def _openssl(self, *args):
+        result = subprocess.run(["openssl"] + [str(a) for a in args],
+                                cwd=self.dir, capture_output=True,
+                                text=True, timeout=30)
+        if result.returncode != 0:
+            pytest.fail(f"openssl {' '.join(map(str, args))} failed:\n"
+                        f"{result.stderr}")
+
+    def _signed(self, cert, key, subject, extensions):
+        csr = cert.with_suffix(".csr")
+        ext = cert.with_suffix(".ext")
+        ext.write_text("\n".join(extensions) + "\n")
+        self._openssl("req", "-new", *self._new_key(key), "-out", csr,
+                      "-subj", subject)
+        self._openssl("x509", "-req", "-in", csr, "-CA", self.ca,
+                      "-CAkey", self.ca_key, "-CAcreateserial",
+                      "-out", cert, "-days", "2", "-extfile", ext)
+
+
+@pytest.fixture(scope="session")
+def tls_pki(tmp_path_factory):
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+# Each TLS server block responds to /tls.json with what nginx saw of the
+# connection, so tests can check the protocol, SNI and client certificate.
+NGINX_TLS_JSON = ('{"protocol": "$server_protocol", '
+                  '"sni": "$ssl_server_name", "client": "$ssl_client_s_dn"}')
+
+NGINX_TLS_SERVER = """\
+    server {{
+        listen 127.0.0.1:{port} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        {extra}
+        location = /static.json {{
+            default_type application/json;
+            return 200 '{{"source": "nginx", "items": [1, 2, 3]}}';
+        }}
+        location = /tls.json {{
+            default_type application/json;
+            return 200 '{tls_json}';
+        }}
+    }}
+"""
+
+NGINX_TLS_CONF = """\
+daemon off;
+master_process off;
+pid {dir}/nginx.pid;
+error_log stderr;
+events {{ worker_connections 256; }}
+http {{
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    log_format conns '$connection $connection_requests '
+                     '"$http_x_request_id" $request_uri';
+    access_log {dir}/access.log conns;
+{servers}
+}}
+"""
+
+
+class NginxTls:
+    """nginx with three TLS ports, each serving HTTP/1.1 and HTTP/2 by
+    ALPN: |port| has the certificate the test CA signed, |self_signed_port|
+    a self-signed one, and |mtls_port| the CA-signed one and requires a
+    client certificate from the test CA."""
+
+    def __init__(self, workdir, pki):
+        self.port = free_port()
+        self.self_signed_port = free_port()
+        self.mtls_port = free_port()
+        self.access_log = Path(workdir) / "access.log"
+        servers = [
+            NGINX_TLS_SERVER.format(port=self.port, cert=pki.server,
+                                    key=pki.server_key, extra="",
+                                    tls_json=NGINX_TLS_JSON),
+            NGINX_TLS_SERVER.format(port=self.self_signed_port,
+                                    cert=pki.self_signed,
+                                    key=pki.self_signed_key, extra="",
+                                    tls_json=NGINX_TLS_JSON),
+            NGINX_TLS_SERVER.format(
+                port=self.mtls_port, cert=pki.server, key=pki.server_key,
+                tls_json=NGINX_TLS_JSON,
+                extra=(f"ssl_verify_client on; "
+                       f"ssl_client_certificate {pki.ca};")),
+        ]
+        conf = Path(workdir) / "nginx.conf"
+        conf.write_text(NGINX_TLS_CONF.format(dir=workdir,
+                                              servers="".join(servers)))
+        self.proc = Process("nginx-tls", ["nginx", "-p", str(workdir),
+                                          "-c", str(conf), "-e", "stderr"],
+                            workdir)
+        for port in (self.port, self.self_signed_port, self.mtls_port):
+            self.proc.wait_ready(lambda p=port: port_open(p))
+
+
+@pytest.fixture(scope="session")
+def nginx_tls(tmp_path_factory, tls_pki):
+    server = NginxTls(tmp_path_factory.mktemp("nginx-tls"), tls_pki)
+    yield server
+    server.proc.stop()
+
+
+@pytest.fixture(scope="session")
+def nghttpd_tls(tmp_path_factory, tls_pki):
+    """nghttpd over TLS (ALPN h2) with the CA-signed certificate; returns
+    its port. It serves data.json with NGHTTPD_BODY."""
+    workdir = tmp_path_factory.mktemp("nghttpd-tls")
+    docroot = workdir / "htdocs"
+    docroot.mkdir()
+    (docroot / "data.json").write_text(json.dumps(NGHTTPD_BODY))
+    port = free_port()
+    proc = Process("nghttpd-tls", [
+        "nghttpd", "-a", "127.0.0.1", "-d", str(docroot), str(port),
+        str(tls_pki.server_key), str(tls_pki.server)], workdir)
+    proc.wait_ready(lambda: port_open(port))
+    yield port
+    proc.stop()
+
+
+# ------------------------------------------------------ gateway internals
+
+
+def open_fds(pid):
+    """Return the descriptors open in process |pid|, as link targets
+    ("socket:[123]", "/dev/null", "anon_inode:[eventfd]", ...)."""
+    targets = []
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for entry in fd_dir.iterdir():
+        try:
+            targets.append(os.readlink(entry))
+        except FileNotFoundError:
+            continue  # closed while listing
+    return targets
+
+
+def _socket_table(pid):
+    """Map socket inodes to "proto local -> remote state" from
+    /proc/PID/net, for failure messages."""
+    table = {}
+    for proto in ("tcp", "tcp6", "udp", "udp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{proto}").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines[1:]:
+            fields = line.split()
+            local, remote, state, inode = (fields[1], fields[2], fields[3],
+                                           fields[9])
+            table[inode] = f"{proto} {_hex_addr(local)} -> " \
+                           f"{_hex_addr(remote)} state {state}"
+    return table
+
+
+def _hex_addr(text):
+    address, port = text.split(":")
+    if len(address) == 8:
+        raw = bytes.fromhex(address)[::-1]
+        host = socket.inet_ntop(socket.AF_INET, raw)
+    else:
+        raw = b"".join(bytes.fromhex(address[i:i + 8])[::-1]
+                       for i in range(0, 32, 8))
+        host = socket.inet_ntop(socket.AF_INET6, raw)
+    return f"{host}:{int(port, 16)}"
+
+
+def describe_fds(pid):
+    """Return open_fds(pid) with each socket replaced by its addresses."""
+    table = _socket_table(pid)
+    described = []
+    for target in open_fds(pid):
+        if target.startswith("socket:["):
+            target = table.get(target[8:-1], target)
+        described.append(target)
+    return described
+
+
+def log_lines_with(gw, text):
+    """Return the gateway's JSON log lines whose text contains |text|."""
+    return [line for line in gw.logs() if text in json.dumps(line)]

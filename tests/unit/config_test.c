@@ -115,6 +115,14 @@ static const char EXAMPLE[] =
 #define MINIMAL_CALL "{'name': 'a', 'service': 'users', 'path': '/a'}"
 #define MINIMAL_ROUTE                                                          \
     "{'method': 'GET', 'path': '/x', 'calls': [" MINIMAL_CALL "]}"
+#define MINIMAL_ROUTES "'routes': [" MINIMAL_ROUTE "]"
+
+/* The keys of "defaults": those of a service but "url". */
+#define DEFAULTS_KEY_LIST                                                      \
+    "timeout_ms, max_connections, connect_timeout_ms, idle_timeout_ms, "       \
+    "ping_interval_ms, dns_min_ttl_ms, dns_max_ttl_ms, dns_max_stale_ms, "     \
+    "eject_after, eject_base_ms, eject_max_ms, ca_file, cert_file, key_file, " \
+    "server_name, tls_verify"
 
 
 static void test_config_example_top_level(void **state)
@@ -289,18 +297,18 @@ static void test_config_unknown_key_top_level(void **state)
     expect_problem("{'lisen': 'x', " MINIMAL_SERVICES
                    ", 'routes': [" MINIMAL_ROUTE "]}",
                    "gw.json: lisen: unknown key; expected one of listen, "
-                   "services, routes, resolver, max_request_body_bytes, "
-                   "max_response_body_bytes, shutdown_grace_ms");
+                   "services, routes, defaults, resolver, "
+                   "max_request_body_bytes, max_response_body_bytes, "
+                   "shutdown_grace_ms");
 }
 
 
 static void test_config_unknown_key_service(void **state)
 {
-    expect_problem(
-        "{'services': {'users': {'url': 'http://u', 'timeout': 5}},"
-        " 'routes': [" MINIMAL_ROUTE "]}",
-        "gw.json: services.users.timeout: unknown key; expected one of url, "
-        "timeout_ms");
+    expect_problem("{'services': {'users': {'url': 'http://u', 'timeout': 5}},"
+                   " 'routes': [" MINIMAL_ROUTE "]}",
+                   "gw.json: services.users.timeout: unknown key; expected one "
+                   "of url, " DEFAULTS_KEY_LIST);
 }
 
 
@@ -748,6 +756,498 @@ static void test_config_control_chars_escaped(void **state)
 }
 
 
+/* Parses a document with the given "services" members and MINIMAL_ROUTE,
+ * whose call uses service "users". */
+static config_t *parse_services_ok(const char *services)
+{
+    char text[2048];
+    snprintf(text, sizeof(text), "{'services': {%s}, " MINIMAL_ROUTES "}",
+             services);
+    return parse_ok(text);
+}
+
+
+static void expect_services_problems(const char *top, const char *services,
+                                     const char *const *expected)
+{
+    char text[2048];
+    snprintf(text, sizeof(text), "{%s'services': {%s}, " MINIMAL_ROUTES "}",
+             top, services);
+    expect_problems(text, expected);
+}
+
+
+static void expect_services_problem(const char *top, const char *services,
+                                    const char *expected)
+{
+    const char *list[] = {expected, NULL};
+    expect_services_problems(top, services, list);
+}
+
+
+static void test_config_option_defaults(void **state)
+{
+    config_t *cfg =
+        parse_ok("{" MINIMAL_SERVICES ", 'routes': [" MINIMAL_ROUTE "]}");
+    const service_t *svc = &cfg->services[0];
+    const service_options_t *o = &svc->options;
+
+    assert_false(svc->srv);
+    assert_int_equal(o->timeout_ms, -1);
+    assert_int_equal(o->max_connections, 128);
+    assert_int_equal(o->connect_timeout_ms, 250);
+    assert_int_equal(o->idle_timeout_ms, 30000);
+    assert_int_equal(o->ping_interval_ms, 10000);
+    assert_int_equal(o->dns_min_ttl_ms, 1000);
+    assert_int_equal(o->dns_max_ttl_ms, 60000);
+    assert_int_equal(o->dns_max_stale_ms, 300000);
+    assert_int_equal(o->eject_after, 3);
+    assert_int_equal(o->eject_base_ms, 1000);
+    assert_int_equal(o->eject_max_ms, 30000);
+    assert_null(o->ca_file);
+    assert_null(o->cert_file);
+    assert_null(o->key_file);
+    assert_null(o->server_name);
+    assert_true(o->tls_verify);
+    assert_int_equal(cfg->resolver_timeout_ms, 0);
+    assert_int_equal(cfg->resolver_tries, 0);
+    config_free(cfg);
+}
+
+
+static void test_config_service_options(void **state)
+{
+    config_t *cfg = parse_services_ok(
+        "'users': {'url': 'h2c://u', 'timeout_ms': 700,"
+        " 'max_connections': 4, 'connect_timeout_ms': 100,"
+        " 'idle_timeout_ms': 5000, 'ping_interval_ms': 0,"
+        " 'dns_min_ttl_ms': 10, 'dns_max_ttl_ms': 10,"
+        " 'dns_max_stale_ms': 1, 'eject_after': 1, 'eject_base_ms': 20,"
+        " 'eject_max_ms': 40}");
+    const service_t *svc = &cfg->services[0];
+    const service_options_t *o = &svc->options;
+
+    assert_int_equal(svc->timeout_ms, 700);
+    assert_int_equal(o->timeout_ms, 700);
+    assert_int_equal(o->max_connections, 4);
+    assert_int_equal(o->connect_timeout_ms, 100);
+    assert_int_equal(o->idle_timeout_ms, 5000);
+    assert_int_equal(o->ping_interval_ms, 0);
+    assert_int_equal(o->dns_min_ttl_ms, 10);
+    assert_int_equal(o->dns_max_ttl_ms, 10);
+    assert_int_equal(o->dns_max_stale_ms, 1);
+    assert_int_equal(o->eject_after, 1);
+    assert_int_equal(o->eject_base_ms, 20);
+    assert_int_equal(o->eject_max_ms, 40);
+    assert_int_equal(cfg->routes[0].calls[0].timeout_ms, 700);
+    config_free(cfg);
+}
+
+
+static void test_config_defaults_object(void **state)
+{
+    config_t *cfg =
+        parse_ok("{'defaults': {'timeout_ms': 300, 'max_connections': 8,"
+                 "  'dns_max_ttl_ms': 5000, 'eject_after': 5},"
+                 " 'services': {"
+                 "  'users': {'url': 'http://u'},"
+                 "  'orders': {'url': 'http://o', 'timeout_ms': 900,"
+                 "             'max_connections': 2}},"
+                 " 'routes': [{'method': 'GET', 'path': '/x', 'calls': ["
+                 "  {'name': 'a', 'service': 'users', 'path': '/a'},"
+                 "  {'name': 'b', 'service': 'orders', 'path': '/b'}]}]}");
+    const service_t *users = &cfg->services[0];
+    const service_t *orders = &cfg->services[1];
+
+    assert_int_equal(users->timeout_ms, 300);
+    assert_int_equal(users->options.timeout_ms, 300);
+    assert_int_equal(users->options.max_connections, 8);
+    assert_int_equal(users->options.dns_max_ttl_ms, 5000);
+    assert_int_equal(users->options.eject_after, 5);
+    assert_int_equal(users->options.connect_timeout_ms, 250);
+    assert_int_equal(orders->timeout_ms, 900);
+    assert_int_equal(orders->options.timeout_ms, 900);
+    assert_int_equal(orders->options.max_connections, 2);
+    assert_int_equal(orders->options.dns_max_ttl_ms, 5000);
+    assert_int_equal(cfg->routes[0].calls[0].timeout_ms, 300);
+    assert_int_equal(cfg->routes[0].calls[1].timeout_ms, 900);
+    config_free(cfg);
+}
+
+
+static void test_config_tls_urls(void **state)
+{
+    config_t *cfg = parse_services_ok(
+        "'users': {'url': 'https://api.test', 'ca_file': 'ca.pem',"
+        " 'cert_file': 'c.pem', 'key_file': 'k.pem', 'tls_verify': false},"
+        " 'h2': {'url': 'h2://[::1]:8443/', 'server_name': 'api.test'},"
+        " 'plain': {'url': 'http://p'}");
+    const service_t *users = &cfg->services[0];
+    const service_t *h2 = &cfg->services[1];
+    const service_t *plain = &cfg->services[2];
+
+    assert_int_equal(users->scheme, SCHEME_HTTPS);
+    assert_int_equal(users->port, 443);
+    assert_string_equal(users->authority, "api.test:443");
+    assert_string_equal(users->options.ca_file, "ca.pem");
+    assert_string_equal(users->options.cert_file, "c.pem");
+    assert_string_equal(users->options.key_file, "k.pem");
+    assert_string_equal(users->options.server_name, "api.test");
+    assert_false(users->options.tls_verify);
+
+    assert_int_equal(h2->scheme, SCHEME_H2);
+    assert_string_equal(h2->host, "::1");
+    assert_int_equal(h2->port, 8443);
+    assert_string_equal(h2->authority, "[::1]:8443");
+    assert_null(h2->options.ca_file);
+    assert_string_equal(h2->options.server_name, "api.test");
+    assert_true(h2->options.tls_verify);
+
+    assert_int_equal(plain->scheme, SCHEME_HTTP);
+    assert_null(plain->options.server_name);
+    config_free(cfg);
+}
+
+
+static void test_config_tls_port_default(void **state)
+{
+    config_t *cfg = parse_services_ok("'users': {'url': 'h2://api.test'}");
+
+    assert_int_equal(cfg->services[0].port, 443);
+    assert_string_equal(cfg->services[0].authority, "api.test:443");
+    assert_string_equal(cfg->services[0].options.server_name, "api.test");
+    config_free(cfg);
+}
+
+
+static void test_config_tls_from_defaults(void **state)
+{
+    config_t *cfg =
+        parse_ok("{'defaults': {'ca_file': 'ca.pem', 'cert_file': 'c.pem',"
+                 "  'key_file': 'k.pem', 'server_name': 'all.test',"
+                 "  'tls_verify': false},"
+                 " 'services': {"
+                 "  'users': {'url': 'https://u', 'cert_file': 'own.pem'},"
+                 "  'plain': {'url': 'http://p'}},"
+                 " " MINIMAL_ROUTES "}");
+    const service_options_t *tls = &cfg->services[0].options;
+    const service_options_t *plain = &cfg->services[1].options;
+
+    assert_string_equal(tls->ca_file, "ca.pem");
+    assert_string_equal(tls->cert_file, "own.pem");
+    assert_string_equal(tls->key_file, "k.pem");
+    assert_string_equal(tls->server_name, "all.test");
+    assert_false(tls->tls_verify);
+    /* A cleartext service ignores the TLS settings of "defaults". */
+    assert_null(plain->ca_file);
+    assert_null(plain->cert_file);
+    assert_null(plain->key_file);
+    assert_null(plain->server_name);
+    assert_true(plain->tls_verify);
+    config_free(cfg);
+}
+
+
+static void test_config_srv_urls(void **state)
+{
+    config_t *cfg = parse_services_ok(
+        "'users': {'url': 'srv+http://_http._tcp.orders.shop.test'},"
+        " 'b': {'url': 'srv+h2c://_grpc._tcp.b.test/'},"
+        " 'c': {'url': 'srv+https://_https._tcp.c.test'},"
+        " 'd': {'url': 'srv+h2://_h2._tcp.d.test', 'server_name': 'x.test'},"
+        " 'e': {'url': 'srv+http://plain.test'}");
+    const service_t *s = cfg->services;
+
+    assert_true(s[0].srv);
+    assert_int_equal(s[0].scheme, SCHEME_HTTP);
+    assert_string_equal(s[0].host, "_http._tcp.orders.shop.test");
+    assert_int_equal(s[0].port, 0);
+    assert_string_equal(s[0].authority, "orders.shop.test");
+    assert_null(s[0].options.server_name);
+
+    assert_true(s[1].srv);
+    assert_int_equal(s[1].scheme, SCHEME_H2C);
+    assert_string_equal(s[1].authority, "b.test");
+
+    assert_true(s[2].srv);
+    assert_int_equal(s[2].scheme, SCHEME_HTTPS);
+    assert_string_equal(s[2].options.server_name, "c.test");
+
+    assert_true(s[3].srv);
+    assert_int_equal(s[3].scheme, SCHEME_H2);
+    assert_string_equal(s[3].options.server_name, "x.test");
+
+    assert_true(s[4].srv);
+    assert_string_equal(s[4].authority, "plain.test");
+    config_free(cfg);
+}
+
+
+static void test_config_srv_url_problems(void **state)
+{
+    const char *const expected[] = {
+        "gw.json: services.users.url: invalid URL "
+        "\"srv+http://_http._tcp.a.test:80\": an SRV URL takes its ports "
+        "from DNS; remove \":80\"",
+        "gw.json: services.b.url: invalid URL \"srv+h2c://10.0.0.1\": "
+        "expected srv+SCHEME://NAME, where SCHEME is http, h2c, https or h2 "
+        "and NAME is an SRV record name such as _http._tcp.orders.test; an "
+        "SRV URL needs a DNS name, not an IP address",
+        "gw.json: services.c.url: invalid URL \"srv+https://[::1]\": "
+        "expected srv+SCHEME://NAME, where SCHEME is http, h2c, https or h2 "
+        "and NAME is an SRV record name such as _http._tcp.orders.test; an "
+        "SRV URL needs a DNS name, not an IP address",
+        "gw.json: services.d.url: invalid URL \"srv+ftp://x\": expected "
+        "srv+SCHEME://NAME, where SCHEME is http, h2c, https or h2 and NAME "
+        "is an SRV record name such as _http._tcp.orders.test",
+        "gw.json: services.e.url: invalid URL \"srv+h2://\": expected "
+        "srv+SCHEME://NAME, where SCHEME is http, h2c, https or h2 and NAME "
+        "is an SRV record name such as _http._tcp.orders.test; the SRV name "
+        "is missing",
+        "gw.json: services.f.url: invalid URL \"srv+http://a..b\": expected "
+        "srv+SCHEME://NAME, where SCHEME is http, h2c, https or h2 and NAME "
+        "is an SRV record name such as _http._tcp.orders.test; the SRV name "
+        "is not a valid DNS name",
+        "gw.json: services.g.url: invalid URL \"srv+http://_a._tcp.g/v1\": "
+        "expected srv+SCHEME://NAME, where SCHEME is http, h2c, https or h2 "
+        "and NAME is an SRV record name such as _http._tcp.orders.test; a "
+        "path other than \"/\" is not allowed",
+        NULL,
+    };
+    expect_services_problems(
+        "",
+        "'users': {'url': 'srv+http://_http._tcp.a.test:80'},"
+        " 'b': {'url': 'srv+h2c://10.0.0.1'},"
+        " 'c': {'url': 'srv+https://[::1]'},"
+        " 'd': {'url': 'srv+ftp://x'},"
+        " 'e': {'url': 'srv+h2://'},"
+        " 'f': {'url': 'srv+http://a..b'},"
+        " 'g': {'url': 'srv+http://_a._tcp.g/v1'}",
+        expected);
+}
+
+
+static void test_config_tls_url_problems(void **state)
+{
+    const char *const expected[] = {
+        "gw.json: services.users.url: invalid URL \"https://x:99999\": "
+        "expected https://HOST[:PORT] or h2://HOST[:PORT]; port 99999 is "
+        "out of range",
+        "gw.json: services.b.url: invalid URL \"h2://me@x\": expected "
+        "https://HOST[:PORT] or h2://HOST[:PORT]; userinfo is not allowed",
+        NULL,
+    };
+    expect_services_problems("",
+                             "'users': {'url': 'https://x:99999'},"
+                             " 'b': {'url': 'h2://me@x'}",
+                             expected);
+}
+
+
+static void test_config_tls_keys_need_tls(void **state)
+{
+    const char *const expected[] = {
+        "gw.json: services.users.ca_file: TLS settings need an https:// or "
+        "h2:// URL",
+        "gw.json: services.users.cert_file: TLS settings need an https:// "
+        "or h2:// URL",
+        "gw.json: services.users.key_file: TLS settings need an https:// or "
+        "h2:// URL",
+        "gw.json: services.b.server_name: TLS settings need an https:// or "
+        "h2:// URL",
+        "gw.json: services.c.tls_verify: TLS settings need an https:// or "
+        "h2:// URL",
+        NULL,
+    };
+    expect_services_problems(
+        "",
+        "'users': {'url': 'http://u', 'ca_file': 'ca.pem',"
+        "  'cert_file': 'c.pem', 'key_file': 'k.pem'},"
+        " 'b': {'url': 'h2c://b', 'server_name': 'b.test'},"
+        " 'c': {'url': 'srv+http://_http._tcp.c.test', 'tls_verify': true}",
+        expected);
+}
+
+
+static void test_config_client_cert_pairs(void **state)
+{
+    const char *const expected[] = {
+        "gw.json: services.users.cert_file: \"key_file\" is missing; a "
+        "client certificate needs its private key",
+        "gw.json: services.b.key_file: \"cert_file\" is missing; a private "
+        "key needs its client certificate",
+        NULL,
+    };
+    expect_services_problems("",
+                             "'users': {'url': 'https://u', "
+                             "'cert_file': 'c.pem'},"
+                             " 'b': {'url': 'h2://b', 'key_file': 'k.pem'}",
+                             expected);
+}
+
+
+static void test_config_client_cert_in_defaults(void **state)
+{
+    /* Service "b" inherits the lone key, which is reported once, at
+     * "defaults"; service "c" completes the pair. */
+    expect_services_problem("'defaults': {'key_file': 'k.pem'}, ",
+                            "'users': {'url': 'http://u'},"
+                            " 'b': {'url': 'https://b'},"
+                            " 'c': {'url': 'https://c', 'cert_file': 'c.pem'}",
+                            "gw.json: defaults.key_file: \"cert_file\" is "
+                            "missing; a private key needs its client "
+                            "certificate");
+}
+
+
+static void test_config_option_order(void **state)
+{
+    const char *const expected[] = {
+        "gw.json: defaults: dns_min_ttl_ms 70000 is greater than "
+        "dns_max_ttl_ms 60000; lower dns_min_ttl_ms or raise dns_max_ttl_ms",
+        "gw.json: services.users: eject_base_ms 500 is greater than "
+        "eject_max_ms 100; lower eject_base_ms or raise eject_max_ms",
+        "gw.json: services.b: dns_min_ttl_ms 70000 is greater than "
+        "dns_max_ttl_ms 2000; lower dns_min_ttl_ms or raise dns_max_ttl_ms",
+        NULL,
+    };
+    /* "c" inherits the bad pair of "defaults" and is not reported again;
+     * "d" fixes it. */
+    expect_services_problems(
+        "'defaults': {'dns_min_ttl_ms': 70000}, ",
+        "'users': {'url': 'http://u', 'eject_base_ms': 500,"
+        "  'eject_max_ms': 100, 'dns_max_ttl_ms': 80000},"
+        " 'b': {'url': 'http://b', 'dns_max_ttl_ms': 2000},"
+        " 'c': {'url': 'http://c'},"
+        " 'd': {'url': 'http://d', 'dns_max_ttl_ms': 70000}",
+        expected);
+}
+
+
+static void test_config_option_order_equal(void **state)
+{
+    config_t *cfg =
+        parse_services_ok("'users': {'url': 'http://u', 'eject_base_ms': 30000,"
+                          " 'dns_min_ttl_ms': 60000}");
+
+    assert_int_equal(cfg->services[0].options.eject_base_ms, 30000);
+    assert_int_equal(cfg->services[0].options.eject_max_ms, 30000);
+    assert_int_equal(cfg->services[0].options.dns_min_ttl_ms, 60000);
+    config_free(cfg);
+}
+
+
+static void test_config_option_values(void **state)
+{
+    static const char *const positive[] = {
+        "max_connections", "connect_timeout_ms", "idle_timeout_ms",
+        "dns_min_ttl_ms",  "dns_max_ttl_ms",     "dns_max_stale_ms",
+        "eject_after",     "eject_base_ms",      "eject_max_ms",
+    };
+    for (size_t i = 0; i < sizeof(positive) / sizeof(positive[0]); i++) {
+        char services[256];
+        char line[256];
+        snprintf(services, sizeof(services),
+                 "'users': {'url': 'http://u', '%s': 0}", positive[i]);
+        snprintf(line, sizeof(line),
+                 "gw.json: services.users.%s: expected a positive integer, "
+                 "got 0",
+                 positive[i]);
+        expect_services_problem("", services, line);
+    }
+    expect_services_problem("",
+                            "'users': {'url': 'http://u', "
+                            "'ping_interval_ms': -1}",
+                            "gw.json: services.users.ping_interval_ms: "
+                            "expected a non-negative integer, got -1");
+}
+
+
+static void test_config_option_types(void **state)
+{
+    const char *const expected[] = {
+        "gw.json: defaults.max_connections: expected a positive integer, got "
+        "string",
+        "gw.json: defaults.tls_verify: expected a boolean, got string",
+        "gw.json: services.users.idle_timeout_ms: expected a positive "
+        "integer, got real",
+        "gw.json: services.users.ca_file: expected a string, got integer",
+        "gw.json: services.users.cert_file: must not be empty",
+        "gw.json: services.users.server_name: invalid server name \"a b\": "
+        "expected a DNS name or an IP address",
+        NULL,
+    };
+    expect_services_problems(
+        "'defaults': {'max_connections': '8', 'tls_verify': 'no'}, ",
+        "'users': {'url': 'https://u', 'idle_timeout_ms': 1.5,"
+        "  'ca_file': 5, 'cert_file': '', 'server_name': 'a b'}",
+        expected);
+}
+
+
+static void test_config_tls_keys_with_bad_url(void **state)
+{
+    /* The scheme is unknown, so the TLS keys are checked on their own. */
+    const char *const expected[] = {
+        "gw.json: services.users.url: invalid URL \"ftp://u\": expected "
+        "http://HOST[:PORT] or h2c://HOST[:PORT]",
+        "gw.json: services.users.ca_file: expected a string, got boolean",
+        "gw.json: services.users.key_file: \"cert_file\" is missing; a "
+        "private key needs its client certificate",
+        NULL,
+    };
+    expect_services_problems(
+        "", "'users': {'url': 'ftp://u', 'ca_file': true, 'key_file': 'k'}",
+        expected);
+}
+
+
+static void test_config_unknown_key_defaults(void **state)
+{
+    expect_services_problem("'defaults': {'url': 'http://x'}, ",
+                            "'users': {'url': 'http://u'}",
+                            "gw.json: defaults.url: unknown key; expected one "
+                            "of " DEFAULTS_KEY_LIST);
+}
+
+
+static void test_config_defaults_not_object(void **state)
+{
+    expect_services_problem("'defaults': [], ", "'users': {'url': 'http://u'}",
+                            "gw.json: defaults: expected an object, got "
+                            "array");
+}
+
+
+static void test_config_resolver_options(void **state)
+{
+    config_t *cfg = parse_ok("{'resolver': {'timeout_ms': 300, 'tries': 2},"
+                             " " MINIMAL_SERVICES ", " MINIMAL_ROUTES "}");
+
+    assert_null(cfg->resolver_servers);
+    assert_int_equal(cfg->resolver_timeout_ms, 300);
+    assert_int_equal(cfg->resolver_tries, 2);
+    config_free(cfg);
+}
+
+
+static void test_config_resolver_problems(void **state)
+{
+    const char *const expected[] = {
+        "gw.json: resolver.ndots: unknown key; expected one of servers, "
+        "timeout_ms, tries",
+        "gw.json: resolver.timeout_ms: expected a positive integer, got 0",
+        "gw.json: resolver.tries: expected a positive integer, got string",
+        "gw.json: resolver.servers: must not be empty",
+        NULL,
+    };
+    expect_services_problems(
+        "'resolver': {'servers': [], 'timeout_ms': 0, 'tries': '3',"
+        " 'ndots': 1}, ",
+        "'users': {'url': 'http://u'}", expected);
+}
+
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -791,6 +1291,27 @@ int main(void)
         cmocka_unit_test(test_config_bad_names),
         cmocka_unit_test(test_config_bad_listen_and_resolver),
         cmocka_unit_test(test_config_control_chars_escaped),
+        cmocka_unit_test(test_config_option_defaults),
+        cmocka_unit_test(test_config_service_options),
+        cmocka_unit_test(test_config_defaults_object),
+        cmocka_unit_test(test_config_tls_urls),
+        cmocka_unit_test(test_config_tls_port_default),
+        cmocka_unit_test(test_config_tls_from_defaults),
+        cmocka_unit_test(test_config_srv_urls),
+        cmocka_unit_test(test_config_srv_url_problems),
+        cmocka_unit_test(test_config_tls_url_problems),
+        cmocka_unit_test(test_config_tls_keys_need_tls),
+        cmocka_unit_test(test_config_client_cert_pairs),
+        cmocka_unit_test(test_config_client_cert_in_defaults),
+        cmocka_unit_test(test_config_option_order),
+        cmocka_unit_test(test_config_option_order_equal),
+        cmocka_unit_test(test_config_option_values),
+        cmocka_unit_test(test_config_option_types),
+        cmocka_unit_test(test_config_tls_keys_with_bad_url),
+        cmocka_unit_test(test_config_unknown_key_defaults),
+        cmocka_unit_test(test_config_defaults_not_object),
+        cmocka_unit_test(test_config_resolver_options),
+        cmocka_unit_test(test_config_resolver_problems),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

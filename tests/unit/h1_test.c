@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "buf.h"
@@ -25,6 +26,7 @@
 typedef struct reply_s {
     const char *bytes; /* sent once the request is complete, unless NULL */
     int close_after;   /* close the connection after sending */
+    int reset;         /* close with a TCP RST instead of sending */
 } reply_t;
 
 typedef struct server_s {
@@ -180,6 +182,11 @@ static void on_server_read(uv_stream_t *stream, ssize_t nread,
 
         assert_true(srv->next_reply < srv->nreplies);
         reply_t *r = &srv->replies[srv->next_reply++];
+        if (r->reset) {
+            sc->closing = 1;
+            assert_int_equal(uv_tcp_close_reset(&sc->tcp, on_sconn_close), 0);
+            return;
+        }
         if (r->bytes != NULL) {
             server_send(sc, r->bytes);
         }
@@ -234,6 +241,15 @@ static void server_script(server_t *srv, const char *bytes, int close_after)
     assert_true(srv->nreplies < MAX_REPLIES);
     srv->replies[srv->nreplies].bytes = bytes;
     srv->replies[srv->nreplies].close_after = close_after;
+    srv->nreplies++;
+}
+
+
+/* Scripts a reply that resets the connection instead of answering. */
+static void server_script_reset(server_t *srv)
+{
+    assert_true(srv->nreplies < MAX_REPLIES);
+    srv->replies[srv->nreplies].reset = 1;
     srv->nreplies++;
 }
 
@@ -870,6 +886,621 @@ static void test_h1_close_while_busy(void **state)
 }
 
 
+/* Replaces the fixture's pool with one built from |opts|. */
+static void use_pool_options(fixture_t *f, const pool_options_t *opts)
+{
+    h1_pool_close(f->pool);
+    f->pool = h1_pool_new(&f->loop, (const struct sockaddr *)&f->addr, opts);
+    assert_non_null(f->pool);
+}
+
+
+static void test_h1_queue_fifo_at_cap(void **state)
+{
+    fixture_t *f = *state;
+    pool_options_t opts = {.max_connections = 1};
+    result_t a;
+    result_t b;
+    result_t c;
+
+    use_pool_options(f, &opts);
+    /* The pool keeps its own copy of the options. */
+    opts.max_connections = 10;
+    server_script(&f->server, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1",
+                  0);
+    server_script(&f->server, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2",
+                  0);
+    server_script(&f->server, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n3",
+                  0);
+    result_init(&a, f, "GET", "/a");
+    result_init(&b, f, "GET", "/b");
+    result_init(&c, f, "GET", "/c");
+    assert_int_equal(h1_pool_submit(f->pool, &a.call), 0);
+    assert_int_equal(h1_pool_submit(f->pool, &b.call), 0);
+    assert_int_equal(h1_pool_submit(f->pool, &c.call), 0);
+    assert_int_equal(h1_pool_connections(f->pool), 1);
+    assert_int_equal(b.call.phase, UPCALL_CONNECTING);
+    assert_int_equal(c.call.phase, UPCALL_CONNECTING);
+
+    run_until(&f->loop, &calls_finished, 3);
+    assert_int_equal(a.err, 0);
+    assert_int_equal(b.err, 0);
+    assert_int_equal(c.err, 0);
+    assert_int_equal(a.done_order, 1);
+    assert_int_equal(b.done_order, 2);
+    assert_int_equal(c.done_order, 3);
+    assert_string_equal(a.call.body_out.data, "1");
+    assert_string_equal(b.call.body_out.data, "2");
+    assert_string_equal(c.call.body_out.data, "3");
+    assert_int_equal(f->server.accepted, 1);
+    assert_int_equal(h1_pool_connections(f->pool), 1);
+    result_free(&a);
+    result_free(&b);
+    result_free(&c);
+}
+
+
+static void test_h1_queue_cancel(void **state)
+{
+    fixture_t *f = *state;
+    pool_options_t opts = {.max_connections = 1};
+    result_t a;
+    result_t b;
+    result_t c;
+
+    use_pool_options(f, &opts);
+    server_script(&f->server, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1",
+                  0);
+    server_script(&f->server, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2",
+                  0);
+    result_init(&a, f, "GET", "/a");
+    result_init(&b, f, "GET", "/b");
+    result_init(&c, f, "GET", "/c");
+    assert_int_equal(h1_pool_submit(f->pool, &a.call), 0);
+    assert_int_equal(h1_pool_submit(f->pool, &b.call), 0);
+    assert_int_equal(h1_pool_submit(f->pool, &c.call), 0);
+    h1_pool_cancel(f->pool, &b.call);
+    assert_int_equal(b.call.phase, UPCALL_CANCELLED);
+    assert_int_equal(h1_pool_connections(f->pool), 1);
+
+    run_until(&f->loop, &calls_finished, 2);
+    assert_int_equal(a.err, 0);
+    assert_int_equal(c.err, 0);
+    assert_string_equal(c.call.body_out.data, "2");
+    run_for(&f->loop, 20);
+    assert_int_equal(b.done, 0);
+    assert_int_equal(f->server.requests, 2);
+    result_free(&a);
+    result_free(&b);
+    result_free(&c);
+}
+
+
+static void test_h1_queue_after_close(void **state)
+{
+    fixture_t *f = *state;
+    pool_options_t opts = {.max_connections = 1};
+    result_t a;
+    result_t b;
+
+    use_pool_options(f, &opts);
+    server_script(&f->server,
+                  "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n"
+                  "Connection: close\r\n\r\n1",
+                  0);
+    server_script(&f->server, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2",
+                  0);
+    result_init(&a, f, "GET", "/a");
+    result_init(&b, f, "GET", "/b");
+    assert_int_equal(h1_pool_submit(f->pool, &a.call), 0);
+    assert_int_equal(h1_pool_submit(f->pool, &b.call), 0);
+
+    /* The first connection closes after its response, so the waiting
+     * call gets a new one. */
+    run_until(&f->loop, &calls_finished, 2);
+    assert_int_equal(a.err, 0);
+    assert_int_equal(b.err, 0);
+    assert_string_equal(b.call.body_out.data, "2");
+    assert_int_equal(a.conns_in_done, 1);
+    assert_int_equal(f->server.accepted, 2);
+    result_free(&a);
+    result_free(&b);
+}
+
+
+static void test_h1_queue_after_cancel(void **state)
+{
+    fixture_t *f = *state;
+    pool_options_t opts = {.max_connections = 1};
+    result_t a;
+    result_t b;
+
+    use_pool_options(f, &opts);
+    server_script(&f->server, NULL, 0);
+    server_script(&f->server, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2",
+                  0);
+    result_init(&a, f, "GET", "/slow");
+    result_init(&b, f, "GET", "/b");
+    assert_int_equal(h1_pool_submit(f->pool, &a.call), 0);
+    assert_int_equal(h1_pool_submit(f->pool, &b.call), 0);
+    run_until(&f->loop, &f->server.requests, 1);
+
+    h1_pool_cancel(f->pool, &a.call);
+    assert_int_equal(b.call.phase, UPCALL_CONNECTING);
+    assert_int_equal(h1_pool_connections(f->pool), 1);
+    run_until(&f->loop, &b.done, 1);
+    assert_int_equal(b.err, 0);
+    assert_string_equal(b.call.body_out.data, "2");
+    assert_int_equal(a.done, 0);
+    assert_int_equal(f->server.accepted, 2);
+    result_free(&a);
+    result_free(&b);
+}
+
+
+/* Opens a listener whose accept queue is full, so that a further connect
+ * gets no answer to its SYN (Linux drops it). Returns the socket, which
+ * the caller closes, and fills in its address. */
+static int open_full_listener(fixture_t *f, struct sockaddr_in *addr,
+                              result_t *filler)
+{
+    socklen_t len = sizeof(*addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    assert_true(fd >= 0);
+    assert_int_equal(uv_ip4_addr("127.0.0.1", 0, addr), 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)addr, sizeof(*addr)), 0);
+    assert_int_equal(listen(fd, 0), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)addr, &len), 0);
+
+    /* With a backlog of 0 the queue has room for one connection, which
+     * is never accepted, so the filler's request waits forever. */
+    h1_pool_close(f->pool);
+    f->pool = h1_pool_new(&f->loop, (const struct sockaddr *)addr, NULL);
+    assert_non_null(f->pool);
+    result_init(filler, f, "GET", "/filler");
+    assert_int_equal(h1_pool_submit(f->pool, &filler->call), 0);
+    uint64_t deadline = uv_now(&f->loop) + WAIT_MS;
+    while (filler->call.phase != UPCALL_WAITING &&
+           uv_now(&f->loop) < deadline) {
+        uv_run(&f->loop, UV_RUN_NOWAIT);
+        uv_sleep(1);
+        uv_update_time(&f->loop);
+    }
+    assert_int_equal(filler->call.phase, UPCALL_WAITING);
+    return fd;
+}
+
+
+static void test_h1_connect_timeout(void **state)
+{
+    fixture_t *f = *state;
+    pool_options_t opts = {.connect_timeout_ms = 100};
+    struct sockaddr_in addr;
+    result_t filler;
+    result_t r;
+    char expected[160];
+
+    int fd = open_full_listener(f, &addr, &filler);
+    h1_pool_t *pool =
+        h1_pool_new(&f->loop, (const struct sockaddr *)&addr, &opts);
+    assert_non_null(pool);
+    result_init(&r, f, "GET", "/");
+    r.pool = pool;
+    uint64_t start = uv_hrtime();
+    assert_int_equal(h1_pool_submit(pool, &r.call), 0);
+    run_until(&f->loop, &r.done, 1);
+    uint64_t elapsed_ms = (uv_hrtime() - start) / 1000000;
+
+    assert_int_equal(r.err, TE_CONNECT);
+    snprintf(expected, sizeof(expected),
+             "connect to 127.0.0.1:%d timed out after 100 ms",
+             ntohs(addr.sin_port));
+    assert_string_equal(r.call.errmsg, expected);
+    assert_true(elapsed_ms >= 95);
+    assert_true(elapsed_ms < 1000);
+    assert_int_equal(h1_pool_connections(pool), 0);
+    assert_int_equal(filler.done, 0);
+    h1_pool_close(pool);
+    /* The filler call lives on this stack frame. */
+    h1_pool_close(f->pool);
+    f->pool = NULL;
+    close(fd);
+    result_free(&r);
+    result_free(&filler);
+}
+
+
+static void test_h1_connect_timeout_clipped(void **state)
+{
+    fixture_t *f = *state;
+    pool_options_t opts = {.connect_timeout_ms = 5000};
+    struct sockaddr_in addr;
+    result_t filler;
+    result_t r;
+    char prefix[160];
+
+    int fd = open_full_listener(f, &addr, &filler);
+    h1_pool_t *pool =
+        h1_pool_new(&f->loop, (const struct sockaddr *)&addr, &opts);
+    assert_non_null(pool);
+    result_init(&r, f, "GET", "/");
+    r.pool = pool;
+    r.call.deadline_ns = uv_hrtime() + 80 * 1000000ull;
+    assert_int_equal(h1_pool_submit(pool, &r.call), 0);
+    run_until(&f->loop, &r.done, 1);
+
+    assert_int_equal(r.err, TE_CONNECT);
+    int n = snprintf(prefix, sizeof(prefix),
+                     "connect to 127.0.0.1:%d timed out after ",
+                     ntohs(addr.sin_port));
+    assert_memory_equal(r.call.errmsg, prefix, (size_t)n);
+    unsigned long ms = strtoul(r.call.errmsg + n, NULL, 10);
+    assert_true(ms >= 1);
+    assert_true(ms <= 80);
+    h1_pool_close(pool);
+    /* The filler call lives on this stack frame. */
+    h1_pool_close(f->pool);
+    f->pool = NULL;
+    close(fd);
+    result_free(&r);
+    result_free(&filler);
+}
+
+
+static void test_h1_stale_connection_retried(void **state)
+{
+    fixture_t *f = *state;
+    result_t first;
+    result_t second;
+
+    /* The server closes the kept-alive connection as the second request
+     * arrives, without answering it. */
+    server_script(&f->server, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na",
+                  0);
+    server_script(&f->server, NULL, 1);
+    server_script(&f->server, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb",
+                  0);
+    result_init(&first, f, "GET", "/");
+    call_and_wait(f, &first);
+    assert_int_equal(first.err, 0);
+
+    result_init(&second, f, "GET", "/");
+    call_and_wait(f, &second);
+    assert_int_equal(second.err, 0);
+    assert_int_equal(second.call.status, 200);
+    assert_string_equal(second.call.body_out.data, "b");
+    assert_int_equal(f->server.accepted, 2);
+    assert_int_equal(f->server.requests, 3);
+    assert_int_equal(h1_pool_connections(f->pool), 1);
+    result_free(&first);
+    result_free(&second);
+}
+
+
+static void test_h1_stale_reset_retried(void **state)
+{
+    fixture_t *f = *state;
+    result_t first;
+    result_t second;
+
+    server_script(&f->server, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na",
+                  0);
+    server_script_reset(&f->server);
+    server_script(&f->server, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb",
+                  0);
+    result_init(&first, f, "GET", "/");
+    call_and_wait(f, &first);
+    assert_int_equal(first.err, 0);
+
+    result_init(&second, f, "DELETE", "/x");
+    call_and_wait(f, &second);
+    assert_int_equal(second.err, 0);
+    assert_string_equal(second.call.body_out.data, "b");
+    assert_int_equal(f->server.accepted, 2);
+    result_free(&first);
+    result_free(&second);
+}
+
+
+static void test_h1_stale_post_not_retried(void **state)
+{
+    fixture_t *f = *state;
+    result_t first;
+    result_t second;
+
+    server_script(&f->server, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na",
+                  0);
+    server_script(&f->server, NULL, 1);
+    result_init(&first, f, "POST", "/");
+    first.call.body = "x";
+    first.call.body_len = 1;
+    call_and_wait(f, &first);
+    assert_int_equal(first.err, 0);
+
+    /* The server may have acted on the request, so it is not repeated. */
+    result_init(&second, f, "POST", "/");
+    second.call.body = "y";
+    second.call.body_len = 1;
+    call_and_wait(f, &second);
+    assert_int_equal(second.err, TE_RESET);
+    assert_string_equal(second.call.errmsg,
+                        "connection closed before the response");
+    assert_int_equal(f->server.accepted, 1);
+    assert_int_equal(f->server.requests, 2);
+    result_free(&first);
+    result_free(&second);
+}
+
+
+static void test_h1_stale_retry_only_once(void **state)
+{
+    fixture_t *f = *state;
+    result_t first;
+    result_t second;
+
+    server_script(&f->server, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na",
+                  0);
+    server_script(&f->server, NULL, 1);
+    server_script(&f->server, NULL, 1);
+    result_init(&first, f, "GET", "/");
+    call_and_wait(f, &first);
+    assert_int_equal(first.err, 0);
+
+    result_init(&second, f, "GET", "/");
+    call_and_wait(f, &second);
+    assert_int_equal(second.err, TE_RESET);
+    assert_string_equal(second.call.errmsg,
+                        "connection closed before the response");
+    assert_int_equal(f->server.accepted, 2);
+    assert_int_equal(f->server.requests, 3);
+    assert_int_equal(h1_pool_connections(f->pool), 0);
+    result_free(&first);
+    result_free(&second);
+}
+
+
+static void test_h1_idle_timeout(void **state)
+{
+    fixture_t *f = *state;
+    pool_options_t opts = {.idle_timeout_ms = 100};
+    result_t r;
+
+    use_pool_options(f, &opts);
+    server_script(&f->server, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na",
+                  0);
+    result_init(&r, f, "GET", "/");
+    call_and_wait(f, &r);
+    assert_int_equal(r.err, 0);
+    assert_int_equal(h1_pool_connections(f->pool), 1);
+
+    uint64_t start = uv_now(&f->loop);
+    run_until_no_connections(&f->loop, f->pool);
+    uint64_t elapsed_ms = uv_now(&f->loop) - start;
+    assert_true(elapsed_ms >= 90);
+    assert_true(elapsed_ms < 1000);
+    run_until(&f->loop, &f->server.eofs, 1);
+    result_free(&r);
+}
+
+
+static void test_h1_keep_alive_timeout_field(void **state)
+{
+    fixture_t *f = *state;
+    result_t r;
+
+    /* A 1 s server timeout leaves the pool half of it. */
+    server_script(&f->server,
+                  "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n"
+                  "Keep-Alive: max=100, timeout=1\r\n\r\na",
+                  0);
+    result_init(&r, f, "GET", "/");
+    call_and_wait(f, &r);
+    assert_int_equal(r.err, 0);
+    assert_int_equal(r.conns_in_done, 1);
+
+    uint64_t start = uv_now(&f->loop);
+    run_for(&f->loop, 300);
+    assert_int_equal(h1_pool_connections(f->pool), 1);
+    run_until_no_connections(&f->loop, f->pool);
+    uint64_t elapsed_ms = uv_now(&f->loop) - start;
+    assert_true(elapsed_ms >= 490);
+    assert_true(elapsed_ms < 900);
+    result_free(&r);
+}
+
+
+static void test_h1_keep_alive_timeout_zero(void **state)
+{
+    fixture_t *f = *state;
+    result_t r;
+
+    server_script(&f->server,
+                  "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n"
+                  "keep-alive: Timeout = \"0\"\r\n\r\na",
+                  0);
+    result_init(&r, f, "GET", "/");
+    call_and_wait(f, &r);
+    assert_int_equal(r.err, 0);
+    assert_int_equal(r.conns_in_done, 0);
+    run_until(&f->loop, &f->server.eofs, 1);
+    result_free(&r);
+}
+
+
+static void test_h1_header_section_limit(void **state)
+{
+    fixture_t *f = *state;
+    buf_t reply = {0};
+    result_t r;
+
+    /* 70 fields of about 1000 bytes: over 64 KiB, under the 80 KiB that
+     * http_parser enforces by itself. */
+    assert_int_equal(buf_append_str(&reply, "HTTP/1.1 200 OK\r\n"), 0);
+    for (int i = 0; i < 70; i++) {
+        assert_int_equal(buf_appendf(&reply, "X-Fill-%02d: ", i), 0);
+        for (int j = 0; j < 100; j++) {
+            assert_int_equal(buf_append_str(&reply, "0123456789"), 0);
+        }
+        assert_int_equal(buf_append_str(&reply, "\r\n"), 0);
+    }
+    assert_int_equal(buf_append_str(&reply, "Content-Length: 0\r\n\r\n"), 0);
+    server_script(&f->server, reply.data, 0);
+    result_init(&r, f, "GET", "/");
+    call_and_wait(f, &r);
+
+    assert_int_equal(r.err, TE_BAD_RESPONSE);
+    assert_string_equal(r.call.errmsg,
+                        "response headers larger than 65536 bytes");
+    assert_int_equal(r.conns_in_done, 0);
+    buf_free(&reply);
+    result_free(&r);
+}
+
+
+static void test_h1_trailer_section_limit(void **state)
+{
+    fixture_t *f = *state;
+    buf_t reply = {0};
+    result_t r;
+
+    assert_int_equal(buf_append_str(&reply, "HTTP/1.1 200 OK\r\n"
+                                            "Transfer-Encoding: chunked\r\n\r\n"
+                                            "1\r\na\r\n0\r\n"),
+                     0);
+    for (int i = 0; i < 9; i++) {
+        assert_int_equal(buf_appendf(&reply, "X-Trailer-%d: ", i), 0);
+        for (int j = 0; j < 100; j++) {
+            assert_int_equal(buf_append_str(&reply, "0123456789"), 0);
+        }
+        assert_int_equal(buf_append_str(&reply, "\r\n"), 0);
+    }
+    assert_int_equal(buf_append_str(&reply, "\r\n"), 0);
+    server_script(&f->server, reply.data, 0);
+    result_init(&r, f, "GET", "/");
+    call_and_wait(f, &r);
+
+    assert_int_equal(r.err, TE_BAD_RESPONSE);
+    assert_string_equal(r.call.errmsg,
+                        "response trailers larger than 8192 bytes");
+    assert_int_equal(r.conns_in_done, 0);
+    buf_free(&reply);
+    result_free(&r);
+}
+
+
+static void test_h1_length_and_chunked_rejected(void **state)
+{
+    fixture_t *f = *state;
+    result_t r;
+
+    /* Both framings at once may be a response-splitting attempt. */
+    server_script(&f->server,
+                  "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"
+                  "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                  0);
+    result_init(&r, f, "GET", "/");
+    call_and_wait(f, &r);
+
+    assert_int_equal(r.err, TE_BAD_RESPONSE);
+    assert_string_equal(r.call.errmsg,
+                        "invalid HTTP response: unexpected content-length "
+                        "header");
+    assert_int_equal(r.conns_in_done, 0);
+    result_free(&r);
+}
+
+
+static void test_h1_truncated_mid_chunk(void **state)
+{
+    fixture_t *f = *state;
+    result_t r;
+
+    server_script(&f->server,
+                  "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "a;ext=1\r\nhel",
+                  1);
+    result_init(&r, f, "GET", "/");
+    call_and_wait(f, &r);
+
+    assert_int_equal(r.err, TE_BAD_RESPONSE);
+    assert_string_equal(r.call.errmsg, "chunked response body truncated: "
+                                       "connection closed after 3 bytes");
+    assert_int_equal(r.conns_in_done, 0);
+    result_free(&r);
+}
+
+
+static void test_h1_caller_framing_fields_dropped(void **state)
+{
+    fixture_t *f = *state;
+    static const upcall_header_t headers[] = {
+        {"host", "other.test"},    {"Content-Length", "99"},
+        {"connection", "upgrade"}, {"transfer-encoding", "chunked"},
+        {"x-kept", "1"},
+    };
+    result_t r;
+
+    server_script(&f->server, "HTTP/1.1 204 No Content\r\n\r\n", 0);
+    result_init(&r, f, "PUT", "/x");
+    r.call.headers = headers;
+    r.call.nheaders = 5;
+    r.call.body = "abc";
+    r.call.body_len = 3;
+    call_and_wait(f, &r);
+
+    assert_int_equal(r.err, 0);
+    assert_string_equal(f->server.last_request.data, "PUT /x HTTP/1.1\r\n"
+                                                     "Host: example.test\r\n"
+                                                     "x-kept: 1\r\n"
+                                                     "Content-Length: 3\r\n"
+                                                     "\r\n"
+                                                     "abc");
+    result_free(&r);
+}
+
+
+static void test_h1_tls_handshake_timeout(void **state)
+{
+    fixture_t *f = *state;
+    tls_options_t tls_opts = {
+        .verify = true,
+        .alpn = "http/1.1",
+    };
+    tls_context_t *tls = NULL;
+    char err[256] = "";
+    char expected[160];
+    result_t r;
+
+    /* The scripted server speaks plain HTTP and never answers the
+     * ClientHello, so the handshake runs into the connect timeout. */
+    assert_int_equal(tls_context_new(&tls_opts, &tls, err, sizeof(err)), 0);
+    pool_options_t opts = {
+        .connect_timeout_ms = 100,
+        .tls = tls,
+        .server_name = "example.test",
+    };
+    use_pool_options(f, &opts);
+    result_init(&r, f, "GET", "/");
+    call_and_wait(f, &r);
+
+    assert_int_equal(r.err, TE_CONNECT);
+    snprintf(expected, sizeof(expected),
+             "TLS handshake with example.test (127.0.0.1:%d) timed out "
+             "after 100 ms",
+             f->server.port);
+    assert_string_equal(r.call.errmsg, expected);
+    assert_int_equal(f->server.requests, 0);
+    assert_int_equal(h1_pool_connections(f->pool), 0);
+    h1_pool_close(f->pool);
+    f->pool = NULL;
+    /* The context must outlive the pool's connections. */
+    run_until(&f->loop, &f->server.eofs, 1);
+    tls_context_free(tls);
+    result_free(&r);
+}
+
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -908,6 +1539,42 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_h1_cancel_while_connecting, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_h1_close_while_busy, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_h1_queue_fifo_at_cap, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_h1_queue_cancel, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_h1_queue_after_close, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_h1_queue_after_cancel, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_h1_connect_timeout, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_h1_connect_timeout_clipped, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_h1_stale_connection_retried, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_h1_stale_reset_retried, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_h1_stale_post_not_retried, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_h1_stale_retry_only_once, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_h1_idle_timeout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_h1_keep_alive_timeout_field, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_h1_keep_alive_timeout_zero, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_h1_header_section_limit, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_h1_trailer_section_limit, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_h1_length_and_chunked_rejected,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_h1_truncated_mid_chunk, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_h1_caller_framing_fields_dropped,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_h1_tls_handshake_timeout, setup,
                                         teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
