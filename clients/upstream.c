@@ -680,10 +680,73 @@ static uint64_t refresh_delay_ms(const svc_state_t *s, int ttl_s)
 }
 
 
-/* uv_timer_cb: the answers' TTL ran out. */
+/* How long before its deadline a call still waiting for the first
+ * resolution fails with TE_RESOLVE, so that the caller's own deadline
+ * timer, due later, does not turn a DNS timeout into a deadline error. */
+#define RESOLVE_BUDGET_MARGIN_NS 2000000ULL
+
+static void fail_overdue_waiters(svc_state_t *s);
+static void on_refresh_due(uv_timer_t *t);
+
+
+/* Arms the service timer for the earliest deadline among the calls that
+ * wait for the first resolution. c-ares 1.18 has no per-query timeout,
+ * so the lookup itself goes on and its answer serves later calls. */
+static void arm_resolve_budget(svc_state_t *s)
+{
+    uint64_t first = 0;
+    for (upcall_t *c = s->waiters.head; c != NULL; c = c->queue_next) {
+        if (c->deadline_ns != 0 && (first == 0 || c->deadline_ns < first)) {
+            first = c->deadline_ns;
+        }
+    }
+    if (first == 0) {
+        uv_timer_stop(&s->refresh_timer);
+        return;
+    }
+    uint64_t now = uv_hrtime();
+    uint64_t due =
+        first > RESOLVE_BUDGET_MARGIN_NS ? first - RESOLVE_BUDGET_MARGIN_NS : 0;
+    uint64_t ms = due > now ? (due - now + 999999) / 1000000 : 0;
+    uv_timer_start(&s->refresh_timer, on_refresh_due, ms, 0);
+}
+
+
+/* Fails the waiting calls whose budget ran out before the first
+ * resolution finished. Runs from a timer, so on_done may be called. */
+static void fail_overdue_waiters(svc_state_t *s)
+{
+    uint64_t now = uv_hrtime();
+    callq_t keep = {0};
+    upcall_t *call = callq_pop(&s->waiters);
+
+    while (call != NULL) {
+        if (call->deadline_ns != 0 &&
+            call->deadline_ns <= now + RESOLVE_BUDGET_MARGIN_NS) {
+            snprintf(call->errmsg, sizeof(call->errmsg),
+                     "DNS lookup of %s \"%s\" did not finish within the "
+                     "call's time budget",
+                     s->conf->srv ? "SRV name" : "host", s->conf->host);
+            finish_now(call, TE_RESOLVE);
+        } else {
+            callq_push(&keep, call);
+        }
+        call = callq_pop(&s->waiters);
+    }
+    s->waiters = keep;
+    arm_resolve_budget(s);
+}
+
+
+/* uv_timer_cb: the answers' TTL ran out, or, during the first resolution,
+ * a waiting call's budget. */
 static void on_refresh_due(uv_timer_t *t)
 {
     svc_state_t *s = t->data;
+    if (s->state == SVC_RESOLVING) {
+        fail_overdue_waiters(s);
+        return;
+    }
     if (s->state == SVC_READY && !s->refreshing) {
         s->refreshing = true;
         start_resolution(s);
@@ -1032,11 +1095,13 @@ void upstream_start(upstream_t *up, size_t service, upcall_t *call)
     call->phase = UPCALL_RESOLVING;
     call->up_where = WHERE_RESOLVING;
     callq_push(&s->waiters, call);
-    if (s->state == SVC_RESOLVING) {
-        return;
+    if (s->state != SVC_RESOLVING) {
+        s->state = SVC_RESOLVING;
+        start_resolution(s);
     }
-    s->state = SVC_RESOLVING;
-    start_resolution(s);
+    if (s->state == SVC_RESOLVING) {
+        arm_resolve_budget(s);
+    }
 }
 
 

@@ -37,10 +37,9 @@
 
 #define NKEYS(a) (sizeof(a) / sizeof((a)[0]))
 
-/* NOTE: an unknown scheme is still reported with URL_EXPECTED, which
- * names only the cleartext schemes, because `tutti check` users and tests
- * match this text. */
-#define URL_EXPECTED "expected http://HOST[:PORT] or h2c://HOST[:PORT]"
+#define URL_EXPECTED                                                           \
+    "expected SCHEME://HOST[:PORT] with SCHEME http, h2c, https or h2, or "    \
+    "srv+SCHEME://NAME"
 #define URL_EXPECTED_TLS "expected https://HOST[:PORT] or h2://HOST[:PORT]"
 #define URL_EXPECTED_SRV                                                       \
     "expected srv+SCHEME://NAME, where SCHEME is http, h2c, https or h2 and "  \

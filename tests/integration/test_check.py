@@ -90,7 +90,8 @@ BAD_CASES = [
                  '"profile"', id="duplicate-call"),
     pytest.param(set_bad_url,
                  'gw.json: services.users.url: invalid URL "ftp://x": '
-                 'expected http://HOST[:PORT] or h2c://HOST[:PORT]',
+                 'expected SCHEME://HOST[:PORT] with SCHEME http, h2c, '
+                 'https or h2, or srv+SCHEME://NAME',
                  id="invalid-url"),
     pytest.param(set_unknown_parameter,
                  'gw.json: routes[0].calls[0].path: unknown parameter '
@@ -167,8 +168,7 @@ def test_check_reports_every_problem(tmp_path):
     lines = result.stderr.splitlines()
     expected = {
         'gw.json: routes[1].calls[0].service: unknown service "userz"',
-        'gw.json: services.users.url: invalid URL "ftp://x": expected '
-        'http://HOST[:PORT] or h2c://HOST[:PORT]',
+        'gw.json: services.users.url: invalid URL "ftp://x": expected SCHEME://HOST[:PORT] with SCHEME http, h2c, https or h2, or srv+SCHEME://NAME',
         'gw.json: routes[0].deadline_ms: expected a positive integer, got '
         'string',
     }

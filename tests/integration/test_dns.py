@@ -189,6 +189,26 @@ def test_dns_server_down_first_use_fails_fast(gateway, dns_server):
     assert resp.elapsed < 4.0, resp
 
 
+def test_silent_dns_fails_within_budget(gateway):
+    """A DNS server that never answers: the first call fails with kind
+    resolve just before its deadline, not with kind deadline after it, and
+    much sooner than c-ares's own retry schedule."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        port = silent.getsockname()[1]
+        gw = gateway({"svc": {"url": f"http://silent.test:{free_port()}"}},
+                     [route("/x", [call("a", "svc", "/p")],
+                            deadline_ms=400)],
+                     resolver={"servers": [f"127.0.0.1:{port}"],
+                               "timeout_ms": 5000})
+
+        resp = gw.get("/x")
+
+        err = assert_resolve_error(resp)
+        assert "did not finish within" in err["message"], err
+        assert 0.3 < resp.elapsed < 1.5, resp
+
+
 def test_cname_followed(gateway, dns_server, start_faultd):
     """A name that is a CNAME reaches the address of its target."""
     server = start_faultd("target")

@@ -442,8 +442,9 @@ static void expect_bad_url(const char *url, const char *expected)
 static void test_config_bad_url_scheme(void **state)
 {
     expect_bad_url("ftp://x", "gw.json: services.users.url: invalid URL "
-                              "\"ftp://x\": expected http://HOST[:PORT] or "
-                              "h2c://HOST[:PORT]");
+                              "\"ftp://x\": expected SCHEME://HOST[:PORT] "
+                              "with SCHEME http, h2c, https or h2, or "
+                              "srv+SCHEME://NAME");
 }
 
 
@@ -451,8 +452,9 @@ static void test_config_bad_url_port_range(void **state)
 {
     expect_bad_url("http://x:99999",
                    "gw.json: services.users.url: invalid URL "
-                   "\"http://x:99999\": expected http://HOST[:PORT] or "
-                   "h2c://HOST[:PORT]; port 99999 is out of range");
+                   "\"http://x:99999\": expected SCHEME://HOST[:PORT] with "
+                   "SCHEME http, h2c, https or h2, or srv+SCHEME://NAME; port "
+                   "99999 is out of range");
 }
 
 
@@ -479,7 +481,8 @@ static void test_config_bad_url_parts(void **state)
         char expected[512];
         snprintf(expected, sizeof(expected),
                  "gw.json: services.users.url: invalid URL \"%s\": expected "
-                 "http://HOST[:PORT] or h2c://HOST[:PORT]; %s",
+                 "SCHEME://HOST[:PORT] with SCHEME http, h2c, https or h2, or "
+                 "srv+SCHEME://NAME; %s",
                  cases[i].url, cases[i].reason);
         expect_bad_url(cases[i].url, expected);
     }
@@ -623,7 +626,8 @@ static void test_config_several_problems(void **state)
         "gw.json: listen: invalid address \"0.0.0.0\": expected HOST:PORT, "
         "where HOST is an IPv4 address, localhost or [IPv6]",
         "gw.json: services.users.url: invalid URL \"ftp://x\": expected "
-        "http://HOST[:PORT] or h2c://HOST[:PORT]",
+        "SCHEME://HOST[:PORT] with SCHEME http, h2c, https or h2, or "
+        "srv+SCHEME://NAME",
         "gw.json: routes[0].method: invalid method \"get\": expected an HTTP "
         "token in upper case, such as GET or POST",
         "gw.json: routes[0].calls[0].name: \"errors\" is reserved for the "
@@ -750,8 +754,9 @@ static void test_config_control_chars_escaped(void **state)
     expect_problem("{'services': {'users': {'url': 'http://a\\nb'}},"
                    " 'routes': [" MINIMAL_ROUTE "]}",
                    "gw.json: services.users.url: invalid URL "
-                   "\"http://a\\x0Ab\": expected http://HOST[:PORT] or "
-                   "h2c://HOST[:PORT]; the host is not a valid host name or "
+                   "\"http://a\\x0Ab\": expected SCHEME://HOST[:PORT] with "
+                   "SCHEME http, h2c, https or h2, or srv+SCHEME://NAME; the "
+                   "host is not a valid host name or "
                    "IPv4 address");
 }
 
@@ -1190,7 +1195,8 @@ static void test_config_tls_keys_with_bad_url(void **state)
     /* The scheme is unknown, so the TLS keys are checked on their own. */
     const char *const expected[] = {
         "gw.json: services.users.url: invalid URL \"ftp://u\": expected "
-        "http://HOST[:PORT] or h2c://HOST[:PORT]",
+        "SCHEME://HOST[:PORT] with SCHEME http, h2c, https or h2, or "
+        "srv+SCHEME://NAME",
         "gw.json: services.users.ca_file: expected a string, got boolean",
         "gw.json: services.users.key_file: \"cert_file\" is missing; a "
         "private key needs its client certificate",
