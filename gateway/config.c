@@ -336,8 +336,14 @@ static const char *get_string(parse_ctx_t *ctx, json_t *obj, const char *path,
 }
 
 
+/* Largest integer any key takes. Every integer is a duration in ms, a
+ * count or a byte size; the cap keeps nanosecond deadline arithmetic far
+ * from overflow (2^31 ms is about 24.8 days). */
+#define CONFIG_INT_MAX INT32_MAX
+
 /* Fetches an optional integer member that must be at least |min| (0 or
- * 1). Leaves |*out| unchanged when the key is absent or invalid. */
+ * 1) and at most CONFIG_INT_MAX. Leaves |*out| unchanged when the key is
+ * absent or invalid. */
 static void get_int(parse_ctx_t *ctx, json_t *obj, const char *path,
                     const char *key, int64_t min, int64_t *out)
 {
@@ -356,6 +362,11 @@ static void get_int(parse_ctx_t *ctx, json_t *obj, const char *path,
     if (n < min) {
         report(ctx, kpath, "expected %s integer, got %lld", expected,
                (long long)n);
+        return;
+    }
+    if (n > CONFIG_INT_MAX) {
+        report(ctx, kpath, "expected %s integer no larger than %d, got %lld",
+               expected, CONFIG_INT_MAX, (long long)n);
         return;
     }
     *out = (int64_t)n;
@@ -1757,7 +1768,12 @@ static const char *errno_text(int err, char *buf, size_t len)
 }
 
 
-/* Reads all of |file| into |out|. Returns 0 or an errno value. */
+/* A configuration is a few kilobytes; the cap keeps a wrong path such as
+ * /dev/zero from filling memory. */
+#define CONFIG_FILE_MAX (16 * 1024 * 1024)
+
+/* Reads all of |file| into |out|. Returns 0 or an errno value (EFBIG past
+ * CONFIG_FILE_MAX). */
 static int read_file(const char *file, buf_t *out)
 {
     FILE *f = fopen(file, "rb");
@@ -1770,6 +1786,10 @@ static int read_file(const char *file, buf_t *out)
         size_t n = fread(chunk, 1, sizeof(chunk), f);
         if (n > 0 && buf_append(out, chunk, n) != 0) {
             err = ENOMEM;
+            break;
+        }
+        if (out->len > CONFIG_FILE_MAX) {
+            err = EFBIG;
             break;
         }
         if (n < sizeof(chunk)) {
@@ -1802,8 +1822,14 @@ int config_load(const char *file, config_t **out, config_errors_t *errs)
         }
         char msg[256];
         buf_t line = {0};
-        if (buf_appendf(&line, "%s: cannot read file: %s", file,
-                        errno_text(err, msg, sizeof(msg))) != 0) {
+        int rc = err == EFBIG
+                     ? buf_appendf(&line,
+                                   "%s: cannot read file: larger than %d "
+                                   "bytes; is this the configuration file?",
+                                   file, CONFIG_FILE_MAX)
+                     : buf_appendf(&line, "%s: cannot read file: %s", file,
+                                   errno_text(err, msg, sizeof(msg)));
+        if (rc != 0) {
             return TE_NOMEM;
         }
         return errors_add(errs, line.data) == 0 ? TE_INVALID : TE_NOMEM;

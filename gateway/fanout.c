@@ -141,8 +141,10 @@ static void answer_success(fanout_t *fo)
     for (size_t i = 0; i < fo->ncalls; i++) {
         fcall_t *fc = &fo->calls[i];
         if (fc->state == FCALL_OK) {
+            bool no_body =
+                fc->status == 204 || strcmp(fc->conf->method, "HEAD") == 0;
             rc |= aggregate_add_result(&out, fc->conf->name,
-                                       fc->status == 204 ? NULL : fc->raw.data,
+                                       no_body ? NULL : fc->raw.data,
                                        fc->raw.len);
             continue;
         }
@@ -290,7 +292,11 @@ static void on_call_done(upcall_t *up, int err)
                  fc->conf->service->name, up->status);
         fail_call(fo, fc, KIND_STATUS, why, CAUSE_FIRST_ERROR);
     } else {
-        int rc = aggregate_check_body(up->status, up->body_out.data,
+        /* A response to HEAD has no body; it counts as JSON null, as a
+         * 204 does. */
+        int body_status =
+            strcmp(fc->conf->method, "HEAD") == 0 ? 204 : up->status;
+        int rc = aggregate_check_body(body_status, up->body_out.data,
                                       up->body_out.len, why, sizeof(why));
         if (rc != 0) {
             buf_free(&up->body_out);

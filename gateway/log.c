@@ -88,7 +88,10 @@ void log_event(log_level_t level, const char *request_id, const char *msg,
         json_decref(fields);
     }
 
-    char *text = json_dumps(line, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    /* Nine significant digits print durations such as 0.136173 as
+     * written instead of 0.13617299999999999. */
+    char *text = json_dumps(line, JSON_COMPACT | JSON_PRESERVE_ORDER |
+                                      JSON_REAL_PRECISION(9));
     json_decref(line);
     if (text == NULL) {
         return;

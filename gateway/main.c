@@ -361,6 +361,25 @@ static int open_listeners(const char *host, unsigned port, int n, int *fds,
     memcpy(&addr, ai->ai_addr, ai->ai_addrlen);
     freeaddrinfo(ai);
 
+    /* SO_REUSEPORT would also let this process share a port that another
+     * tutti (same user) already listens on, each getting part of the
+     * traffic. A probe bound without it fails in that case. */
+    if (port != 0) {
+        int probe = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        int one = 1;
+        setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (probe >= 0 && bind(probe, (struct sockaddr *)&addr, addrlen) != 0) {
+            int e = errno;
+            fprintf(stderr, "tutti: cannot listen on %s:%u: %s\n", host, port,
+                    uv_strerror(uv_translate_sys_error(e)));
+            close(probe);
+            return TE_INVALID;
+        }
+        if (probe >= 0) {
+            close(probe);
+        }
+    }
+
     for (int i = 0; i < n; i++) {
         int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
         int one = 1;

@@ -45,6 +45,8 @@ struct req_s {
     int64_t budget_ms;
     buf_t body;
     bool body_too_large;
+    bool close_after; /* answer with Connection: close */
+    bool queued;      /* MHD_queue_response was called */
     fanout_t *fo;
     uv_poll_t client_poll;
     int client_fd;
@@ -143,9 +145,10 @@ static enum MHD_Result queue_answer(req_t *r)
         MHD_add_response_header(
             resp, r->status == 405 ? "Allow" : "Tutti-Partial", r->extra.data);
     }
-    if (r->w->draining) {
+    if (r->w->draining || r->close_after) {
         MHD_add_response_header(resp, "Connection", "close");
     }
+    r->queued = true;
     enum MHD_Result rc = MHD_queue_response(r->conn, (unsigned)r->status, resp);
     MHD_destroy_response(resp);
     return rc;
@@ -362,18 +365,71 @@ static bool apply_timeout_header(req_t *r)
     if (v == NULL) {
         return true;
     }
+    while (*v == ' ' || *v == '\t') {
+        v++;
+    }
     if (v[0] < '0' || v[0] > '9') {
         return false;
     }
     char *end = NULL;
     errno = 0;
     long long ms = strtoll(v, &end, 10);
+    /* Optional whitespace may follow a field value (RFC 9110, 5.5). */
+    while (*end == ' ' || *end == '\t') {
+        end++;
+    }
     if (errno != 0 || *end != '\0' || ms < 0) {
         return false;
     }
     if (ms < r->budget_ms) {
         r->budget_ms = ms;
     }
+    return true;
+}
+
+
+typedef struct framing_s {
+    const char *length; /* first Content-Length value */
+    bool conflicting;   /* another Content-Length with a different value */
+    bool chunked;       /* a Transfer-Encoding field is present */
+} framing_t;
+
+
+/* MHD_KeyValueIterator over the request headers. */
+static enum MHD_Result on_framing_header(void *cls, enum MHD_ValueKind kind,
+                                         const char *key, const char *value)
+{
+    framing_t *f = cls;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+        if (f->length == NULL) {
+            f->length = value;
+        } else if (strcmp(f->length, value) != 0) {
+            f->conflicting = true;
+        }
+    } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        f->chunked = true;
+    }
+    return MHD_YES;
+}
+
+
+/* Rejects a request whose body length is ambiguous: Content-Length given
+ * twice with different values, or together with Transfer-Encoding. RFC
+ * 9112, 6.3 makes both an error, because a proxy and a server could split
+ * such a stream into requests differently (request smuggling).
+ * libmicrohttpd 0.9.75 accepts both, so the check is made here. */
+static bool reject_ambiguous_framing(req_t *r)
+{
+    framing_t f = {0};
+    MHD_get_connection_values(r->conn, MHD_HEADER_KIND, on_framing_header, &f);
+    if (!f.conflicting && !(f.chunked && f.length != NULL)) {
+        return false;
+    }
+    r->close_after = true;
+    answer_simple(r, 400, "bad_request",
+                  f.conflicting ? "conflicting Content-Length headers"
+                                : "both Content-Length and Transfer-Encoding "
+                                  "are set; send only one");
     return true;
 }
 
@@ -474,7 +530,9 @@ enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
             return MHD_NO;
         }
         *con_cls = r;
-        route_request(r, url);
+        if (!reject_ambiguous_framing(r)) {
+            route_request(r, url);
+        }
         if (r->state == REQ_ANSWERED) {
             return queue_answer(r);
         }
@@ -483,25 +541,32 @@ enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
 
     if (r->state == REQ_ANSWERED) {
         *upload_data_size = 0;
-        return queue_answer(r);
+        return r->queued ? MHD_YES : queue_answer(r);
     }
     if (*upload_data_size > 0) {
+        /* Past the limit the rest of the body is read and dropped, and the
+         * 413 goes out once the body has ended: libmicrohttpd 0.9.75 sends
+         * no answer queued while a chunked body is still arriving. */
         size_t max = w->cfg->max_request_body_bytes;
-        if (r->body.len + *upload_data_size > max) {
-            char msg[160];
-            snprintf(msg, sizeof(msg),
-                     "request body is larger than the "
-                     "limit of %zu bytes",
-                     max);
-            *upload_data_size = 0;
-            answer_simple(r, 413, "payload_too_large", msg);
-            return queue_answer(r);
+        if (!r->body_too_large && r->body.len + *upload_data_size > max) {
+            r->body_too_large = true;
+            buf_free(&r->body);
         }
-        if (buf_append(&r->body, upload_data, *upload_data_size) != 0) {
+        if (!r->body_too_large &&
+            buf_append(&r->body, upload_data, *upload_data_size) != 0) {
             return MHD_NO;
         }
         *upload_data_size = 0;
         return MHD_YES;
+    }
+    if (r->body_too_large && r->state == REQ_BODY) {
+        char msg[160];
+        snprintf(msg, sizeof(msg),
+                 "request body is larger than the limit of %zu bytes",
+                 w->cfg->max_request_body_bytes);
+        r->close_after = true;
+        answer_simple(r, 413, "payload_too_large", msg);
+        return queue_answer(r);
     }
     if (r->state == REQ_BODY) {
         start_fanout(r);

@@ -198,3 +198,21 @@ def test_bodies_pass_through_unchanged(gateway, faultd):
     assert resp.status == 200, resp
     assert resp.body == (b'{"price":{"p":0.92},'
                          b'"big":123456789012345678901234567890}'), resp
+
+
+def test_head_call_contributes_null(gateway, nginx):
+    """A HEAD call has no body to place; like a 204 it contributes
+    null instead of failing as an empty body."""
+    gw = gateway(
+        {"static": service(nginx.url)},
+        [route("/meta", [
+            call("exists", "static", "/static.json", method="HEAD"),
+            call("banner", "static", "/static.json"),
+        ])])
+
+    resp = gw.get("/meta")
+
+    assert resp.status == 200, resp
+    body = resp.json()
+    assert body["exists"] is None, body
+    assert body["banner"] == NGINX_BODY, body

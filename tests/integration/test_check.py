@@ -232,3 +232,20 @@ def test_version_printed(tmp_path):
     numbers = words[1].split(".")
     assert len(numbers) == 3, result.stdout
     assert all(n.isdigit() for n in numbers), result.stdout
+
+
+def test_port_in_use_by_another_gateway(tmp_path, gateway, faultd):
+    """A second gateway on a port the first already listens on fails to
+    start instead of sharing the port through SO_REUSEPORT."""
+    first = gateway({"svc": {"url": faultd.h1_url}},
+                    [{"method": "GET", "path": "/x",
+                      "calls": [{"name": "a", "service": "svc",
+                                 "path": "/a"}]}])
+    write(tmp_path, GOOD)
+
+    result = run_tutti(["--config", "gw.json", "--listen",
+                        f"127.0.0.1:{first.port}"], cwd=tmp_path)
+
+    assert result.returncode != 0, result
+    assert "address already in use" in result.stderr, result.stderr
+    assert first.get("/x").status == 200

@@ -94,3 +94,15 @@ def test_invalid_header_400(gateway, faultd, value):
     assert_json_response(resp)
     assert "error" in resp.json()
     assert faultd.select(event="request") == []
+
+
+def test_header_with_trailing_space_accepted(gateway, faultd):
+    """Whitespace around the value is allowed, as for any field value."""
+    gw = gateway({"svc": service(faultd.h2_url)},
+                 [route("/x", [call("a", "svc", "/a?delay_ms=500")],
+                        deadline_ms=3000)])
+
+    resp = gw.get("/x", headers={"Request-Timeout-Ms": "100 "})
+
+    assert resp.status == 504, resp
+    assert resp.json()["error"]["kind"] == "deadline", resp

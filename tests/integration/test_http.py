@@ -2,6 +2,7 @@
 and forwarding of the inbound body."""
 
 import json
+import socket
 
 import pytest
 
@@ -148,3 +149,53 @@ def test_hop_by_hop_not_forwarded(gateway, faultd, scheme):
     if scheme == "h2":
         assert "connection" not in seen, seen
         assert "transfer-encoding" not in seen, seen
+
+
+def raw_exchange(port, data, timeout=5.0):
+    """Send |data| on a new connection and return everything the gateway
+    writes until it closes the connection or goes quiet."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except socket.timeout:
+            pass
+    return b"".join(chunks)
+
+
+def test_chunked_body_over_limit_413(gateway, faultd):
+    """A chunked body over the limit (no Content-Length to reject early)
+    still gets its 413, once the body has been read."""
+    gw = http_gateway(gateway, faultd, max_request_body_bytes=100)
+
+    resp = gw.request("PUT", "/items/7", body=iter([b"x" * 80] * 3),
+                      headers={"Content-Type": "application/json"})
+
+    assert resp.status == 413, resp
+    assert_json_response(resp)
+    assert faultd.select(event="request") == []
+
+
+@pytest.mark.parametrize("framing", [
+    b"Content-Length: 3\r\nContent-Length: 4\r\n",
+    b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n",
+], ids=["two-lengths", "length-and-chunked"])
+def test_ambiguous_framing_rejected(gateway, faultd, framing):
+    """A request whose body length is ambiguous is rejected with 400 and
+    the connection is closed, so no second request can be smuggled."""
+    gw = http_gateway(gateway, faultd)
+
+    out = raw_exchange(gw.port,
+                       b"PUT /items/1 HTTP/1.1\r\nHost: x\r\n" + framing +
+                       b"\r\n4\r\nabcd\r\n0\r\n\r\n", timeout=3.0)
+
+    head = out.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 400"), out
+    assert b"connection: close" in head, out
+    assert out.count(b"HTTP/1.1 ") == 1, out
+    assert faultd.select(event="request") == []

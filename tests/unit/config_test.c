@@ -1254,9 +1254,33 @@ static void test_config_resolver_problems(void **state)
 }
 
 
+static void test_config_integer_too_large(void **state)
+{
+    expect_problem("{" MINIMAL_SERVICES ", 'routes': [{'method': 'GET', "
+                   "'path': '/x', 'deadline_ms': 9223372036854775807, "
+                   "'calls': [" MINIMAL_CALL "]}]}",
+                   "gw.json: routes[0].deadline_ms: expected a positive "
+                   "integer no larger than 2147483647, got "
+                   "9223372036854775807");
+}
+
+
+static void test_config_integer_at_limit(void **state)
+{
+    config_t *cfg =
+        parse_ok("{" MINIMAL_SERVICES ", 'routes': [{'method': 'GET', "
+                 "'path': '/x', 'deadline_ms': 2147483647, "
+                 "'calls': [" MINIMAL_CALL "]}]}");
+    assert_int_equal(cfg->routes[0].deadline_ms, 2147483647);
+    config_free(cfg);
+}
+
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_config_integer_too_large),
+        cmocka_unit_test(test_config_integer_at_limit),
         cmocka_unit_test(test_config_example_top_level),
         cmocka_unit_test(test_config_example_services),
         cmocka_unit_test(test_config_example_route),
