@@ -521,6 +521,12 @@ def write_config(tmp_path, dnsmasq):
             "routes": routes,
         }
         config.update(top)
+        # TLS handshakes on a loaded 2-core machine under a sanitizer can
+        # take longer than the 250 ms default; tests of the timeout itself
+        # set connect_timeout_ms on the service, which overrides this.
+        defaults = dict(config.get("defaults", {}))
+        defaults.setdefault("connect_timeout_ms", 2000)
+        config["defaults"] = defaults
         path = tmp_path / f"gateway{counter[0]}.json"
         path.write_text(json.dumps(config, indent=2))
         return path
