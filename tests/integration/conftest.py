@@ -542,7 +542,8 @@ def gateway(tmp_path, write_config):
     stderr fails the test."""
     started = []
 
-    def start(services, routes, workers=1, log_level="info", **top):
+    def start(services, routes, workers=1, log_level="info", env=None,
+              **top):
         port = free_port()
         top.setdefault("listen", f"127.0.0.1:{port}")
         config_path = write_config(services, routes, **top)
@@ -551,7 +552,9 @@ def gateway(tmp_path, write_config):
                 "--listen", f"127.0.0.1:{port}",
                 "--workers", str(workers),
                 "--log-level", log_level]
-        proc = Process(f"tutti{len(started) + 1}", argv, tmp_path)
+        if env is not None:
+            env = {**os.environ, **env}
+        proc = Process(f"tutti{len(started) + 1}", argv, tmp_path, env=env)
         gw = Gateway(proc, port, config_path)
         started.append(gw)
         proc.wait_ready(gw._listening)

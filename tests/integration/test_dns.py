@@ -369,3 +369,21 @@ def test_stale_answer_expires_after_max_stale(gateway, dns_server,
         resp = gw.get("/x")
 
     assert_resolve_error(resp)
+
+
+def test_search_list_and_ndots(gateway, dns_server, start_faultd):
+    """A short name is completed with the resolver's search list, as pods
+    rely on: c-ares reads it from /etc/resolv.conf, or from LOCALDOMAIN and
+    RES_OPTIONS, which override the file and keep this test off the
+    machine's own resolver configuration."""
+    server = start_faultd("short")
+    dns = dns_server([host_record("orders.shop.test", "127.0.0.1")])
+    gw = gateway({"svc": {"url": f"http://orders:{server.port}"}},
+                 [route("/x", [call("a", "svc", "/p")], deadline_ms=3000)],
+                 resolver=dns.resolver,
+                 env={"LOCALDOMAIN": "shop.test", "RES_OPTIONS": "ndots:2"})
+
+    resp = gw.get("/x")
+
+    assert resp.status == 200, resp
+    assert requests_seen(server) == 1
