@@ -53,10 +53,11 @@
  * the last_stream_id of a GOAWAY with an error code is retried once. */
 #define H2_MAX_REFUSED_RETRIES 2
 #define H2_MAX_GOAWAY_ERROR_RETRIES 1
-/* NOTE: a guessed bound. A graceful GOAWAY (NO_ERROR) is a normal event
- * such as a rollout, but a server that refuses every stream that way must
- * not loop a call that has no deadline forever. */
-#define H2_MAX_GOAWAY_RETRIES 8
+/* A graceful GOAWAY (NO_ERROR) is a normal event such as a rollout, and
+ * a stream it did not process is re-sent for as long as the call's
+ * deadline allows. Only a call without a deadline is bounded, so that a
+ * server that refuses every stream that way cannot loop it forever. */
+#define H2_MAX_GOAWAY_RETRIES_NO_DEADLINE 8
 
 #define H2_DEFAULT_MAX_CONNECTIONS 128
 #define H2_DEFAULT_IDLE_TIMEOUT_MS 30000
@@ -455,8 +456,8 @@ static int stream_retry(h2_stream_t *st, stream_end_t why,
             st->goaway_error_retries >= H2_MAX_GOAWAY_ERROR_RETRIES) {
             return 0;
         }
-        if (goaway_error == NGHTTP2_NO_ERROR &&
-            st->goaway_retries >= H2_MAX_GOAWAY_RETRIES) {
+        if (goaway_error == NGHTTP2_NO_ERROR && call->deadline_ns == 0 &&
+            st->goaway_retries >= H2_MAX_GOAWAY_RETRIES_NO_DEADLINE) {
             return 0;
         }
         break;

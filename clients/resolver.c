@@ -292,9 +292,38 @@ static void start_addrinfo(resolver_t *r, const char *host,
 }
 
 
+/* Answers an IP literal without DNS: c-ares 1.18's ares_getaddrinfo sends
+ * queries for it. Returns false when |host| is a name. */
+static bool answer_literal(const char *host, unsigned port, resolver_cb cb,
+                           void *arg)
+{
+    resolver_result_t res;
+    memset(&res, 0, sizeof(res));
+    res.ttl_s = -1;
+
+    struct sockaddr_in *sin = (struct sockaddr_in *)&res.addrs[0].addr;
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&res.addrs[0].addr;
+    if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons(port);
+    } else if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons(port);
+    } else {
+        return false;
+    }
+    res.naddrs = 1;
+    cb(arg, 0, &res);
+    return true;
+}
+
+
 int resolver_lookup(resolver_t *r, const char *host, unsigned port,
                     resolver_cb cb, void *arg)
 {
+    if (answer_literal(host, port, cb, arg)) {
+        return 0;
+    }
     lookup_t *lk = lookup_new(r, cb, arg);
     if (lk == NULL) {
         return TE_NOMEM;

@@ -32,9 +32,10 @@ typedef struct resolver_addr_s {
 typedef struct resolver_result_s {
     resolver_addr_t addrs[RESOLVER_MAX_ADDRS];
     size_t naddrs;
-    /* Smallest TTL of the address records, in seconds; -1 if unknown. For
-     * SRV the SRV record's own TTL is not included, because c-ares 1.18's
-     * ares_parse_srv_reply does not return it. */
+    /* Smallest TTL of the address records, in seconds; -1 for an IP
+     * literal, which never changes. For SRV the SRV record's own TTL is
+     * not included, because c-ares 1.18's ares_parse_srv_reply does not
+     * return it. */
     int ttl_s;
     /* The SRV answer was a single record with target ".": the service is
      * explicitly not available (RFC 2782). err is TE_RESOLVE. */

@@ -669,6 +669,10 @@ static void on_tick(uv_timer_t *t)
 
 static uint64_t refresh_delay_ms(const svc_state_t *s, int ttl_s)
 {
+    if (ttl_s < 0) {
+        /* An IP literal: re-reading it costs nothing and cannot change. */
+        return s->max_ttl_ms;
+    }
     uint64_t ms = ttl_s > 0 ? (uint64_t)ttl_s * 1000 : 0;
     if (ms < s->min_ttl_ms) {
         ms = s->min_ttl_ms;

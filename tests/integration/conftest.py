@@ -353,6 +353,33 @@ http {{
 NGINX_BODY = {"source": "nginx", "items": [1, 2, 3]}
 
 
+def read_access_entries(access_log):
+    """Return (connection, connection_requests, request_id, uri) for each
+    line of an nginx access log in the suite's "conns" format."""
+    if not access_log.exists():
+        return []
+    entries = []
+    for line in access_log.read_text().splitlines():
+        conn, requests, rest = line.split(" ", 2)
+        request_id, uri = rest.rsplit(" ", 1)
+        entries.append((int(conn), int(requests), request_id.strip('"'), uri))
+    return entries
+
+
+def wait_access_entries(access_log, request_ids, timeout=3.0):
+    """Poll until every id in |request_ids| has its access log line (nginx
+    writes the line after it sent the response) and return those entries
+    in log order."""
+    wanted = set(request_ids)
+    deadline = time.monotonic() + timeout
+    while True:
+        entries = [e for e in read_access_entries(access_log)
+                   if e[2] in wanted]
+        if len(entries) >= len(wanted) or time.monotonic() >= deadline:
+            return entries
+        time.sleep(0.02)
+
+
 class Nginx:
     def __init__(self, workdir, port):
         self.port = port
@@ -361,15 +388,7 @@ class Nginx:
 
     def access_entries(self):
         """Return (connection, connection_requests, request_id, uri)."""
-        if not self.access_log.exists():
-            return []
-        entries = []
-        for line in self.access_log.read_text().splitlines():
-            conn, requests, rest = line.split(" ", 2)
-            request_id, uri = rest.rsplit(" ", 1)
-            entries.append((int(conn), int(requests),
-                            request_id.strip('"'), uri))
-        return entries
+        return read_access_entries(self.access_log)
 
 
 @pytest.fixture(scope="session")

@@ -387,3 +387,27 @@ def test_search_list_and_ndots(gateway, dns_server, start_faultd):
 
     assert resp.status == 200, resp
     assert requests_seen(server) == 1
+
+
+@pytest.mark.parametrize("scheme", ["http", "h2c"])
+def test_ip_literal_skips_dns(gateway, faultd, scheme):
+    """A service URL with an IP address never asks DNS: with a resolver
+    that never answers, its calls still succeed and no query is sent."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.setblocking(False)
+        port = silent.getsockname()[1]
+        gw = gateway({"svc": {"url": f"{scheme}://127.0.0.1:{faultd.port}"}},
+                     [route("/x", [call("a", "svc", "/p")],
+                            deadline_ms=2000)],
+                     resolver={"servers": [f"127.0.0.1:{port}"]},
+                     defaults={"dns_min_ttl_ms": 100,
+                               "dns_max_ttl_ms": 100})
+
+        for _ in range(3):
+            resp = gw.get("/x")
+            assert resp.status == 200, resp
+            time.sleep(0.15)
+
+        with pytest.raises(BlockingIOError):
+            silent.recv(512)

@@ -78,6 +78,20 @@ def test_goaway_after_loses_no_request(gateway, start_faultd, method):
     assert not error_goaways(server), server.events()
 
 
+def test_goaway_burst_resent_until_deadline(gateway, start_faultd):
+    """Thirty streams against a server that processes three per
+    connection: a stream may be turned away ten times, and is re-sent as
+    long as its deadline allows, never failed for a retry count."""
+    server = start_faultd("rolling", args=["--goaway-after", "3"])
+    calls = [(f"c{i}", f"/c{i}?delay_ms=30") for i in range(30)]
+    gw = h2_gateway(gateway, server, calls)
+
+    resp = gw.get("/x")
+
+    assert_all_paths_answered(resp, calls)
+    assert len(server.select(event="response")) == 30, server.events()
+
+
 def test_goaway_last_stream_zero_resends_in_flight(gateway, start_faultd):
     """A GOAWAY(NO_ERROR, last_stream_id=0) while six calls are in flight:
     none was processed, so all are re-sent on a new connection."""

@@ -6,7 +6,8 @@ import uuid
 
 import pytest
 
-from conftest import NGHTTPD_BODY, NGINX_BODY, call, route, service
+from conftest import (NGHTTPD_BODY, NGINX_BODY, call, route, service,
+                      wait_access_entries)
 
 
 @pytest.mark.parametrize("scheme", ["h1", "h2"])
@@ -55,7 +56,7 @@ def test_nginx_keepalive_reused(gateway, nginx):
         assert resp.status == 200, resp
         assert resp.json() == {"banner": NGINX_BODY}
 
-    entries = [e for e in nginx.access_entries() if e[2] in ids]
+    entries = wait_access_entries(nginx.access_log, ids)
     assert [e[2] for e in entries] == ids, nginx.access_entries()
     assert entries[0][0] == entries[1][0], entries
     assert entries[1][1] == entries[0][1] + 1, entries

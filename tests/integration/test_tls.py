@@ -8,6 +8,7 @@ import json
 import pytest
 
 from conftest import (NGHTTPD_BODY, NGINX_BODY, call, error_of, route,
+                      wait_access_entries,
                       run_tutti)
 
 PROTOCOL = {"https": "HTTP/1.1", "h2": "HTTP/2.0"}
@@ -183,11 +184,7 @@ def test_tls_connection_reused(gateway, nginx_tls, tls_pki, scheme):
         resp = gw.get("/x", headers={"X-Request-Id": request_id})
         assert resp.status == 200, resp
 
-    entries = []
-    for line in nginx_tls.access_log.read_text().splitlines():
-        conn, _, rest = line.split(" ", 2)
-        if any(f'"{request_id}"' in rest for request_id in ids):
-            entries.append(int(conn))
+    entries = [e[0] for e in wait_access_entries(nginx_tls.access_log, ids)]
     assert len(entries) == 3, nginx_tls.access_log.read_text()[-2000:]
     assert len(set(entries)) == 1, entries
 
