@@ -25,14 +25,17 @@ CLIENT_SRCS = clients/buf.c clients/errors.c clients/sockaddr.c clients/resolver
 	clients/transport.c \
 	clients/upstream.c clients/h1.c clients/h2.c
 GATEWAY_SRCS = gateway/log.c gateway/config.c gateway/template.c \
+	gateway/trace.c gateway/headers.c \
 	gateway/router.c gateway/aggregate.c gateway/fanout.c \
-	gateway/server.c gateway/worker.c
+	gateway/server.c gateway/worker.c \
+	gateway/lifecycle.c gateway/shared_config.c \
+	gateway/metrics.c gateway/admin.c
 MAIN_SRC = gateway/main.c
 
 LIB_OBJS = $(patsubst %.c,$(BUILD)/obj/%.o,$(CLIENT_SRCS) $(GATEWAY_SRCS))
 MAIN_OBJ = $(BUILD)/obj/$(MAIN_SRC:.c=.o)
 
-UNIT_TESTS = config router template aggregate h1 h2 upstream transport
+UNIT_TESTS = config router template aggregate h1 h2 upstream transport trace headers
 UNIT_BINS = $(patsubst %,$(BUILD)/tests/%_test,$(UNIT_TESTS))
 
 FIXTURE_SRCS = tests/fixture/faultd.c

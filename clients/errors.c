@@ -18,6 +18,8 @@ const char *te_kind(int err)
         return "bad_response";
     case TE_CANCELLED:
         return "cancelled";
+    case TE_OVERLOADED:
+        return "overloaded";
     default:
         return "internal";
     }

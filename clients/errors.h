@@ -13,6 +13,7 @@ enum {
     TE_BAD_RESPONSE = -5, /* malformed, truncated or oversized response */
     TE_CANCELLED = -6,    /* the caller cancelled the call */
     TE_INVALID = -7,      /* invalid argument */
+    TE_OVERLOADED = -8,   /* a concurrency limit rejected the call */
 };
 
 /* Returns the error "kind" used in JSON error objects, e.g. "connect". */

@@ -67,10 +67,19 @@ typedef struct callq_s {
     upcall_t *tail;
 } callq_t;
 
+/* One service's discovery, health and pools. A state belongs to no single
+ * configuration: a reload keeps it for every service whose definition did
+ * not change, so its connections survive, and it is closed once no service
+ * table contains it. By then no call uses it, because each caller holds
+ * the table its calls were started from until they end. */
 struct svc_state_s {
     upstream_t *up;
-    size_t index;
-    const upstream_service_t *conf;
+    size_t index; /* position in the newest table that contains it */
+    const upstream_service_t *conf; /* &def */
+    /* The definition, with name, host and pool.server_name copied, so it
+     * outlives the caller's array. Its active_calls is unused: admission
+     * counts on the definition of the table the call was started from. */
+    upstream_service_t def;
     pool_options_t pool; /* conf->pool with defaults filled in */
     uint64_t min_ttl_ms;
     uint64_t max_ttl_ms;
@@ -88,12 +97,33 @@ struct svc_state_s {
     char failmsg[160];
     callq_t waiters; /* calls waiting for the first resolution */
     uv_timer_t refresh_timer;
+
+    size_t ntables;      /* service tables that contain this state */
+    bool retired;        /* in no table any more: closing */
+    bool lookup_pending; /* a resolver callback is still due */
+    bool timer_closed;
+    svc_state_t *next; /* upstream_t.states */
+};
+
+/* The services of one configuration, numbered as in it. */
+struct upstream_table_s {
+    upstream_t *up;
+    size_t refs; /* the dispatcher while current, plus each acquirer */
+    size_t nservices;
+    svc_state_t **svc;
+    /* Shallow copies of the definitions, for the bulkhead counter of the
+     * configuration that the table's calls were started under.
+     * NOTE: each configuration counts on its own, so right after a reload
+     * a service can see the calls of old requests plus up to
+     * max_concurrent_calls new ones. */
+    upstream_service_t *defs;
 };
 
 /* The dispatcher's state of one running call, in call->up_owner. */
 typedef struct route_s {
     svc_state_t *svc;
-    endpoint_t *ep; /* WHERE_POOL: the endpoint whose pool has the call */
+    atomic_long *counted; /* the bulkhead counter holding a slot, or NULL */
+    endpoint_t *ep;       /* WHERE_POOL: the endpoint whose pool has the call */
     unsigned attempts;
     uint64_t tried[RESOLVER_MAX_ADDRS]; /* endpoint ids, in order */
     size_t ntried;
@@ -104,8 +134,9 @@ struct upstream_s {
     resolver_t *resolver;
     upstream_event_cb on_event;
     void *event_arg;
-    svc_state_t *svc;
-    size_t nservices;
+    upstream_table_t *current;
+    size_t ntables;      /* tables not yet freed, current or not */
+    svc_state_t *states; /* every state not yet freed, retired or not */
     callq_t failed;      /* calls that end on the next tick */
     callq_t retry;       /* calls to resubmit on the next tick */
     endpoint_t *retired; /* removed endpoints with calls still running */
@@ -120,6 +151,7 @@ struct upstream_s {
 static void on_pool_done(upcall_t *call, int err);
 static void on_tick(uv_timer_t *t);
 static void start_resolution(svc_state_t *s);
+static void free_state(svc_state_t *s);
 
 
 static void callq_push(callq_t *q, upcall_t *call)
@@ -226,6 +258,10 @@ static void schedule_tick(upstream_t *up)
  * route. The caller of this function then calls on_done or not. */
 static void release_route(upcall_t *call)
 {
+    route_t *rt = call->up_owner;
+    if (rt != NULL && rt->counted != NULL) {
+        atomic_fetch_sub_explicit(rt->counted, 1, memory_order_relaxed);
+    }
     free(call->up_owner);
     call->up_owner = NULL;
     call->on_done = call->up_user_done;
@@ -900,6 +936,15 @@ static void on_resolved(void *arg, int err, const resolver_result_t *res)
     bool refresh = s->refreshing;
 
     s->refreshing = false;
+    s->lookup_pending = false;
+    if (s->retired) {
+        /* No table contains the service any more; the lookup was all that
+         * kept the state. */
+        if (s->timer_closed) {
+            free_state(s);
+        }
+        return;
+    }
     if (err == TE_CANCELLED || up->closing) {
         /* The dispatcher is closing; its calls were already ended. */
         return;
@@ -942,6 +987,8 @@ static void start_resolution(svc_state_t *s)
     upstream_t *up = s->up;
     int rc;
 
+    /* Set first: the callback may run before the lookup call returns. */
+    s->lookup_pending = true;
     if (s->conf->srv) {
         rc = resolver_lookup_srv(up->resolver, s->conf->host, on_resolved, s);
     } else {
@@ -955,7 +1002,7 @@ static void start_resolution(svc_state_t *s)
 }
 
 
-/* ---- public functions ---- */
+/* ---- service states and tables ---- */
 
 static uint64_t or_default(uint64_t v, uint64_t def)
 {
@@ -963,12 +1010,11 @@ static uint64_t or_default(uint64_t v, uint64_t def)
 }
 
 
-static int setup_service(svc_state_t *s, const upstream_service_t *conf,
+static int check_service(const upstream_service_t *conf, size_t index,
                          char *err, size_t errlen)
 {
     if (conf->host == NULL || conf->name == NULL) {
-        snprintf(err, errlen, "service %zu: name and host are required",
-                 s->index);
+        snprintf(err, errlen, "service %zu: name and host are required", index);
         return TE_INVALID;
     }
     bool tls = conf->proto == UPSTREAM_HTTPS || conf->proto == UPSTREAM_H2;
@@ -977,6 +1023,34 @@ static int setup_service(svc_state_t *s, const upstream_service_t *conf,
                  conf->name);
         return TE_INVALID;
     }
+    return 0;
+}
+
+
+static void free_state_strings(svc_state_t *s)
+{
+    free((char *)s->def.name);
+    free((char *)s->def.host);
+    free((char *)s->def.pool.server_name);
+}
+
+
+/* Copies |conf| into |s| and fills in the defaults. Returns 0 or
+ * TE_NOMEM. */
+static int setup_service(svc_state_t *s, const upstream_service_t *conf)
+{
+    s->def = *conf;
+    s->def.active_calls = NULL;
+    s->def.name = strdup(conf->name);
+    s->def.host = strdup(conf->host);
+    s->def.pool.server_name =
+        conf->pool.server_name != NULL ? strdup(conf->pool.server_name) : NULL;
+    if (s->def.name == NULL || s->def.host == NULL ||
+        (conf->pool.server_name != NULL && s->def.pool.server_name == NULL)) {
+        free_state_strings(s);
+        return TE_NOMEM;
+    }
+    conf = &s->def;
     s->conf = conf;
     s->pool = conf->pool;
     s->pool.max_connections =
@@ -1006,62 +1080,367 @@ static int setup_service(svc_state_t *s, const upstream_service_t *conf,
 }
 
 
+static bool same_string(const char *a, const char *b)
+{
+    if (a == NULL || b == NULL) {
+        return a == b;
+    }
+    return strcmp(a, b) == 0;
+}
+
+
+/* Whether a state made from |a| may serve |b| unchanged: every setting
+ * equal, the TLS context being the same object. The bulkhead counter is
+ * left out because each configuration has its own.
+ * NOTE: a field added to upstream_service_t must be compared here, or a
+ * reload that changes only that field keeps the old state. */
+static bool same_definition(const upstream_service_t *a,
+                            const upstream_service_t *b)
+{
+    const pool_options_t *p = &a->pool;
+    const pool_options_t *q = &b->pool;
+
+    return same_string(a->name, b->name) && same_string(a->host, b->host) &&
+           a->port == b->port && a->proto == b->proto && a->srv == b->srv &&
+           p->max_connections == q->max_connections &&
+           p->idle_timeout_ms == q->idle_timeout_ms &&
+           p->connect_timeout_ms == q->connect_timeout_ms &&
+           p->ping_interval_ms == q->ping_interval_ms && p->tls == q->tls &&
+           same_string(p->server_name, q->server_name) &&
+           a->dns_min_ttl_ms == b->dns_min_ttl_ms &&
+           a->dns_max_ttl_ms == b->dns_max_ttl_ms &&
+           a->dns_max_stale_ms == b->dns_max_stale_ms &&
+           a->eject_after == b->eject_after &&
+           a->eject_base_ms == b->eject_base_ms &&
+           a->eject_max_ms == b->eject_max_ms &&
+           a->max_concurrent_calls == b->max_concurrent_calls;
+}
+
+
+static void maybe_free_dispatcher(upstream_t *up)
+{
+    if (up->closing && up->open_handles == 0 && up->ntables == 0) {
+        free(up);
+    }
+}
+
+
+static void release_handle(upstream_t *up)
+{
+    up->open_handles--;
+    maybe_free_dispatcher(up);
+}
+
+
+static void free_state(svc_state_t *s)
+{
+    upstream_t *up = s->up;
+    svc_state_t **pp = &up->states;
+    while (*pp != NULL && *pp != s) {
+        pp = &(*pp)->next;
+    }
+    if (*pp == s) {
+        *pp = s->next;
+    }
+    free_state_strings(s);
+    free(s);
+}
+
+
+/* uv_close_cb for a service's refresh timer. */
+static void on_refresh_timer_closed(uv_handle_t *h)
+{
+    svc_state_t *s = h->data;
+    upstream_t *up = s->up;
+
+    s->timer_closed = true;
+    if (!s->lookup_pending) {
+        free_state(s);
+    }
+    release_handle(up);
+}
+
+
+/* Frees the routes of calls the caller left behind, so nothing leaks. */
+static void drop_queue(callq_t *q)
+{
+    upcall_t *call = callq_pop(q);
+    while (call != NULL) {
+        release_route(call);
+        call->up_where = WHERE_NONE;
+        call = callq_pop(q);
+    }
+}
+
+
+/* Closes the pools of |s|, including endpoints that DNS removed earlier,
+ * and its timer; the state is freed once the timer is closed and no
+ * lookup is due. */
+static void close_state(svc_state_t *s)
+{
+    upstream_t *up = s->up;
+
+    s->retired = true;
+    drop_queue(&s->waiters);
+    for (size_t j = 0; j < s->neps; j++) {
+        endpoint_close_pool(s->eps[j]);
+        free(s->eps[j]);
+        s->eps[j] = NULL;
+    }
+    up->stats.endpoints -= s->neps;
+    s->neps = 0;
+    endpoint_t **pp = &up->retired;
+    while (*pp != NULL) {
+        endpoint_t *ep = *pp;
+        if (ep->svc != s) {
+            pp = &ep->next_retired;
+            continue;
+        }
+        *pp = ep->next_retired;
+        endpoint_close_pool(ep);
+        free(ep);
+    }
+    uv_close((uv_handle_t *)&s->refresh_timer, on_refresh_timer_closed);
+}
+
+
+static void free_table(upstream_table_t *t)
+{
+    upstream_t *up = t->up;
+
+    if (!up->closing) {
+        for (size_t i = 0; i < t->nservices; i++) {
+            svc_state_t *s = t->svc[i];
+            if (--s->ntables == 0) {
+                close_state(s);
+            }
+        }
+    }
+    free(t->svc);
+    free(t->defs);
+    free(t);
+    up->ntables--;
+    maybe_free_dispatcher(up);
+}
+
+
+/* Discards a table that prepare_table made and commit_table did not take:
+ * frees the states it created, none of which has a handle yet. */
+static void discard_table(upstream_table_t *t, bool *created)
+{
+    for (size_t i = 0; i < t->nservices; i++) {
+        if (created != NULL && created[i] && t->svc[i] != NULL) {
+            free_state_strings(t->svc[i]);
+            free(t->svc[i]);
+        }
+    }
+    free(created);
+    free(t->svc);
+    free(t->defs);
+    free(t);
+}
+
+
+/* Builds a table for |services|, taking over the state of each service of
+ * |prev| (may be NULL) with the same definition and allocating the others,
+ * without starting any handle, so that a failure changes nothing. Sets
+ * |*created| to a flag per service: true for a new state. */
+static int prepare_table(upstream_t *up, const upstream_service_t *services,
+                         size_t nservices, const upstream_table_t *prev,
+                         upstream_table_t **out, bool **created, char *err,
+                         size_t errlen)
+{
+    for (size_t i = 0; i < nservices; i++) {
+        int rc = check_service(&services[i], i, err, errlen);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+    size_t nprev = prev != NULL ? prev->nservices : 0;
+    size_t n = nservices > 0 ? nservices : 1;
+    upstream_table_t *t = calloc(1, sizeof(*t));
+    if (t == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return TE_NOMEM;
+    }
+    t->up = up;
+    t->refs = 1;
+    t->nservices = nservices;
+    t->svc = calloc(n, sizeof(*t->svc));
+    t->defs = calloc(n, sizeof(*t->defs));
+    bool *fresh = calloc(n, sizeof(*fresh));
+    bool *matched = calloc(nprev > 0 ? nprev : 1, sizeof(*matched));
+    if (t->svc == NULL || t->defs == NULL || fresh == NULL || matched == NULL) {
+        goto nomem;
+    }
+    memcpy(t->defs, services, nservices * sizeof(*services));
+    for (size_t i = 0; i < nservices; i++) {
+        for (size_t j = 0; j < nprev && t->svc[i] == NULL; j++) {
+            if (!matched[j] &&
+                same_definition(prev->svc[j]->conf, &services[i])) {
+                matched[j] = true;
+                t->svc[i] = prev->svc[j];
+            }
+        }
+        if (t->svc[i] != NULL) {
+            continue;
+        }
+        svc_state_t *s = calloc(1, sizeof(*s));
+        if (s == NULL || setup_service(s, &services[i]) != 0) {
+            free(s);
+            goto nomem;
+        }
+        s->up = up;
+        t->svc[i] = s;
+        fresh[i] = true;
+    }
+    free(matched);
+    *created = fresh;
+    *out = t;
+    return 0;
+
+nomem:
+    free(matched);
+    discard_table(t, fresh);
+    snprintf(err, errlen, "out of memory");
+    return TE_NOMEM;
+}
+
+
+/* Starts the new states of a prepared table and counts them in |counts|
+ * against |nprev| services of the table it replaces. */
+static void commit_table(upstream_t *up, upstream_table_t *t, bool *created,
+                         size_t nprev, upstream_reconfigure_t *counts)
+{
+    for (size_t i = 0; i < t->nservices; i++) {
+        svc_state_t *s = t->svc[i];
+        s->index = i;
+        s->ntables++;
+        if (!created[i]) {
+            counts->kept++;
+            continue;
+        }
+        counts->added++;
+        uv_timer_init(up->loop, &s->refresh_timer);
+        s->refresh_timer.data = s;
+        /* A pending refresh alone must not keep the loop running. */
+        uv_unref((uv_handle_t *)&s->refresh_timer);
+        up->open_handles++;
+        s->next = up->states;
+        up->states = s;
+    }
+    counts->removed = nprev - counts->kept;
+    free(created);
+    up->ntables++;
+}
+
+
+/* ---- public functions ---- */
+
 int upstream_new(uv_loop_t *loop, const upstream_service_t *services,
                  size_t nservices, const upstream_options_t *opts,
                  upstream_t **out, char *err, size_t errlen)
 {
+    upstream_reconfigure_t counts = {0};
+    upstream_table_t *t = NULL;
+    bool *created = NULL;
     upstream_t *up = calloc(1, sizeof(*up));
     if (up == NULL) {
         snprintf(err, errlen, "out of memory");
         return TE_NOMEM;
     }
-    up->svc = calloc(nservices ? nservices : 1, sizeof(*up->svc));
-    if (up->svc == NULL) {
-        free(up);
-        snprintf(err, errlen, "out of memory");
-        return TE_NOMEM;
-    }
-    for (size_t i = 0; i < nservices; i++) {
-        up->svc[i].up = up;
-        up->svc[i].index = i;
-        int rc = setup_service(&up->svc[i], &services[i], err, errlen);
-        if (rc != 0) {
-            free(up->svc);
-            free(up);
-            return rc;
-        }
-    }
-    int rc = resolver_new(loop, opts != NULL ? &opts->resolver : NULL,
-                          &up->resolver, err, errlen);
+    int rc =
+        prepare_table(up, services, nservices, NULL, &t, &created, err, errlen);
     if (rc != 0) {
-        free(up->svc);
+        free(up);
+        return rc;
+    }
+    rc = resolver_new(loop, opts != NULL ? &opts->resolver : NULL,
+                      &up->resolver, err, errlen);
+    if (rc != 0) {
+        discard_table(t, created);
         free(up);
         return rc;
     }
     up->loop = loop;
-    up->nservices = nservices;
     if (opts != NULL) {
         up->on_event = opts->on_event;
         up->event_arg = opts->event_arg;
     }
     up->rng = (uv_hrtime() ^ (uint64_t)(uintptr_t)up) | 1;
-    for (size_t i = 0; i < nservices; i++) {
-        uv_timer_init(loop, &up->svc[i].refresh_timer);
-        up->svc[i].refresh_timer.data = &up->svc[i];
-        /* A pending refresh alone must not keep the loop running. */
-        uv_unref((uv_handle_t *)&up->svc[i].refresh_timer);
-    }
+    commit_table(up, t, created, 0, &counts);
+    up->current = t;
     uv_timer_init(loop, &up->tick_timer);
     up->tick_timer.data = up;
-    up->open_handles = (int)nservices + 1;
+    up->open_handles++;
     *out = up;
     return 0;
 }
 
 
-void upstream_start(upstream_t *up, size_t service, upcall_t *call)
+int upstream_reconfigure(upstream_t *up, const upstream_service_t *services,
+                         size_t nservices, upstream_reconfigure_t *counts,
+                         char *err, size_t errlen)
 {
-    svc_state_t *s = &up->svc[service];
+    upstream_reconfigure_t c = {0};
+    upstream_table_t *t = NULL;
+    bool *created = NULL;
+    int rc = prepare_table(up, services, nservices, up->current, &t, &created,
+                           err, errlen);
+    if (rc != 0) {
+        return rc;
+    }
+    commit_table(up, t, created, up->current->nservices, &c);
+    upstream_table_t *old = up->current;
+    up->current = t;
+    upstream_table_release(old);
+    if (counts != NULL) {
+        *counts = c;
+    }
+    return 0;
+}
+
+
+upstream_table_t *upstream_table_acquire(upstream_t *up)
+{
+    up->current->refs++;
+    return up->current;
+}
+
+
+void upstream_table_release(upstream_table_t *t)
+{
+    if (t != NULL && --t->refs == 0) {
+        free_table(t);
+    }
+}
+
+
+/* Takes a bulkhead slot of |def| for the call routed by |rt|. Returns
+ * false when the service is at max_concurrent_calls. The slot is taken
+ * before the limit is checked, so two workers can never both take the
+ * last one. */
+static bool admit_call(const upstream_service_t *def, route_t *rt)
+{
+    atomic_long *active = def->active_calls;
+    long max = def->max_concurrent_calls;
+    if (active == NULL || max <= 0) {
+        return true;
+    }
+    if (atomic_fetch_add_explicit(active, 1, memory_order_relaxed) >= max) {
+        atomic_fetch_sub_explicit(active, 1, memory_order_relaxed);
+        return false;
+    }
+    rt->counted = active;
+    return true;
+}
+
+
+void upstream_table_start(upstream_table_t *t, size_t service, upcall_t *call)
+{
+    upstream_t *up = t->up;
+    svc_state_t *s = t->svc[service];
+    const upstream_service_t *def = &t->defs[service];
 
     call->status = 0;
     call->errmsg[0] = '\0';
@@ -1081,6 +1460,14 @@ void upstream_start(upstream_t *up, size_t service, upcall_t *call)
     }
     rt->svc = s;
     call->up_owner = rt;
+    if (!admit_call(def, rt)) {
+        up->stats.overloaded++;
+        snprintf(call->errmsg, sizeof(call->errmsg),
+                 "service %s is at its max_concurrent_calls of %ld",
+                 s->conf->name, def->max_concurrent_calls);
+        fail_later(up, call, TE_OVERLOADED);
+        return;
+    }
 
     if (s->state == SVC_FAILED && uv_now(up->loop) >= s->failed_until) {
         s->state = SVC_UNRESOLVED;
@@ -1106,6 +1493,12 @@ void upstream_start(upstream_t *up, size_t service, upcall_t *call)
     if (s->state == SVC_RESOLVING) {
         arm_resolve_budget(s);
     }
+}
+
+
+void upstream_start(upstream_t *up, size_t service, upcall_t *call)
+{
+    upstream_table_start(up->current, service, call);
 }
 
 
@@ -1150,8 +1543,7 @@ void upstream_cancel(upstream_t *up, upcall_t *call)
 size_t upstream_connections(const upstream_t *up)
 {
     size_t n = 0;
-    for (size_t i = 0; i < up->nservices; i++) {
-        const svc_state_t *s = &up->svc[i];
+    for (const svc_state_t *s = up->states; s != NULL; s = s->next) {
         for (size_t j = 0; j < s->neps; j++) {
             n += endpoint_connections(s->eps[j]);
         }
@@ -1170,20 +1562,41 @@ void upstream_get_stats(const upstream_t *up, upstream_stats_t *out)
 }
 
 
-static void release_handle(upstream_t *up)
+void upstream_service_info(const upstream_t *up, size_t service,
+                           upstream_service_info_t *out)
 {
-    if (--up->open_handles == 0) {
-        free(up->svc);
-        free(up);
+    const svc_state_t *s = up->current->svc[service];
+    size_t n = 0;
+
+    for (size_t j = 0; j < s->neps; j++) {
+        n += endpoint_connections(s->eps[j]);
     }
+    for (const endpoint_t *ep = up->retired; ep != NULL;
+         ep = ep->next_retired) {
+        if (ep->svc == s) {
+            n += endpoint_connections(ep);
+        }
+    }
+    out->connections = n;
+    /* confirmed_at stays set after a stale set is dropped. */
+    out->resolved = s->state == SVC_READY || s->confirmed_at != 0;
 }
 
 
-/* uv_close_cb for a service's refresh timer. */
-static void on_refresh_timer_closed(uv_handle_t *h)
+void upstream_resolve(upstream_t *up, size_t service)
 {
-    svc_state_t *s = h->data;
-    release_handle(s->up);
+    svc_state_t *s = up->current->svc[service];
+
+    if (up->closing) {
+        return;
+    }
+    if (s->state == SVC_FAILED && uv_now(up->loop) >= s->failed_until) {
+        s->state = SVC_UNRESOLVED;
+    }
+    if (s->state == SVC_UNRESOLVED) {
+        s->state = SVC_RESOLVING;
+        start_resolution(s);
+    }
 }
 
 
@@ -1194,33 +1607,17 @@ static void on_tick_timer_closed(uv_handle_t *h)
 }
 
 
-/* Frees the routes of calls the caller left behind, so nothing leaks. */
-static void drop_queue(callq_t *q)
-{
-    upcall_t *call = callq_pop(q);
-    while (call != NULL) {
-        release_route(call);
-        call->up_where = WHERE_NONE;
-        call = callq_pop(q);
-    }
-}
-
-
 void upstream_close(upstream_t *up)
 {
     up->closing = true;
+    /* Pending lookups end here, with TE_CANCELLED, before any state is
+     * closed. */
     resolver_close(up->resolver);
     up->resolver = NULL;
-    for (size_t i = 0; i < up->nservices; i++) {
-        svc_state_t *s = &up->svc[i];
-        drop_queue(&s->waiters);
-        for (size_t j = 0; j < s->neps; j++) {
-            endpoint_close_pool(s->eps[j]);
-            free(s->eps[j]);
-            s->eps[j] = NULL;
+    for (svc_state_t *s = up->states; s != NULL; s = s->next) {
+        if (!s->retired) {
+            close_state(s);
         }
-        s->neps = 0;
-        uv_close((uv_handle_t *)&s->refresh_timer, on_refresh_timer_closed);
     }
     while (up->retired != NULL) {
         endpoint_t *ep = up->retired;
@@ -1231,5 +1628,8 @@ void upstream_close(upstream_t *up)
     drop_queue(&up->retry);
     up->failed.head = NULL;
     up->failed.tail = NULL;
+    upstream_table_t *t = up->current;
+    up->current = NULL;
+    upstream_table_release(t);
     uv_close((uv_handle_t *)&up->tick_timer, on_tick_timer_closed);
 }

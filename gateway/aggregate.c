@@ -9,7 +9,7 @@
 
 static const char *const kind_names[] = {
     "timeout", "deadline",     "connect",  "resolve",  "reset",
-    "status",  "bad_response", "shutdown", "internal",
+    "status",  "bad_response", "shutdown", "internal", "overloaded",
 };
 
 
@@ -33,6 +33,8 @@ fail_kind_t aggregate_kind_from_error(int err)
         return KIND_RESET;
     case TE_BAD_RESPONSE:
         return KIND_BAD_RESPONSE;
+    case TE_OVERLOADED:
+        return KIND_OVERLOADED;
     default:
         return KIND_INTERNAL;
     }
@@ -56,6 +58,7 @@ int aggregate_status(fail_kind_t kind, int downstream_status)
     case KIND_BAD_RESPONSE:
         return 502;
     case KIND_SHUTDOWN:
+    case KIND_OVERLOADED:
         return 503;
     default:
         return 500;

@@ -20,6 +20,7 @@ typedef enum {
     KIND_BAD_RESPONSE, /* the body is not JSON, empty, too large, cut */
     KIND_SHUTDOWN,     /* the gateway stopped before the call ended */
     KIND_INTERNAL,     /* the gateway itself failed (out of memory) */
+    KIND_OVERLOADED,   /* the service's max_concurrent_calls was reached */
 } fail_kind_t;
 
 const char *aggregate_kind_name(fail_kind_t kind);
@@ -30,7 +31,7 @@ fail_kind_t aggregate_kind_from_error(int err);
 /* Returns the status tutti answers with when a required call failed:
  * 504 for timeout and deadline, the downstream's own status for a 4xx,
  * 502 for 5xx, connect, resolve, reset and bad_response, 503 for
- * shutdown, 500 for internal. */
+ * shutdown and overloaded, 500 for internal. */
 int aggregate_status(fail_kind_t kind, int downstream_status);
 
 /* Builds {"call", "kind", "status"?, "message", "elapsed_ms"}. |status| is

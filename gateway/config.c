@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "buf.h"
 #include "errors.h"
@@ -21,6 +22,7 @@
 #define DEFAULT_MAX_REQUEST_BODY (1024 * 1024)
 #define DEFAULT_MAX_RESPONSE_BODY (8 * 1024 * 1024)
 #define DEFAULT_SHUTDOWN_GRACE_MS 25000
+#define DEFAULT_DRAIN_DELAY_MS 5000
 #define DEFAULT_DEADLINE_MS 1000
 #define DEFAULT_MAX_CONNECTIONS 128
 #define DEFAULT_CONNECT_TIMEOUT_MS 250
@@ -32,6 +34,15 @@
 #define DEFAULT_EJECT_AFTER 3
 #define DEFAULT_EJECT_BASE_MS 1000
 #define DEFAULT_EJECT_MAX_MS 30000
+#define DEFAULT_MAX_IN_FLIGHT 10000
+#define DEFAULT_MAX_HEADER_BYTES (32 * 1024)
+#define DEFAULT_MAX_URL_BYTES 8192
+#define DEFAULT_MAX_CONNECTIONS_INBOUND 10000
+#define DEFAULT_CLIENT_TIMEOUT_MS 30000
+/* libmicrohttpd keeps the request line, the headers and its own records
+ * of them in one buffer of max_header_bytes; below this size ordinary
+ * requests stop fitting. */
+#define MIN_MAX_HEADER_BYTES 4096
 
 #define TEMPLATE_ERR_MAX 512
 
@@ -52,6 +63,7 @@
 
 static const char *const ROOT_KEYS[] = {
     "listen",
+    "admin",
     "services",
     "routes",
     "defaults",
@@ -59,8 +71,17 @@ static const char *const ROOT_KEYS[] = {
     "max_request_body_bytes",
     "max_response_body_bytes",
     "shutdown_grace_ms",
+    "drain_delay_ms",
+    "max_in_flight",
+    "max_header_bytes",
+    "max_url_bytes",
+    "max_connections_inbound",
+    "client_timeout_ms",
+    "trusted_proxies",
+    "secret_headers",
 };
 static const char *const RESOLVER_KEYS[] = {"servers", "timeout_ms", "tries"};
+static const char *const ADMIN_KEYS[] = {"listen"};
 /* "defaults" takes every service key but "url", so it is the tail of
  * this list. */
 static const char *const SERVICE_KEYS[] = {
@@ -76,11 +97,14 @@ static const char *const SERVICE_KEYS[] = {
     "eject_after",
     "eject_base_ms",
     "eject_max_ms",
+    "max_concurrent_calls",
     "ca_file",
     "cert_file",
     "key_file",
     "server_name",
     "tls_verify",
+    "forward_headers",
+    "set_headers",
 };
 static const char *const *const DEFAULTS_KEYS = SERVICE_KEYS + 1;
 #define NDEFAULTS_KEYS (NKEYS(SERVICE_KEYS) - 1)
@@ -613,14 +637,13 @@ static char *dup_len(parse_ctx_t *ctx, const char *s, size_t len)
 }
 
 
-static void parse_listen(parse_ctx_t *ctx, json_t *root, config_t *cfg)
+/* Parses the address |s| found at |path| ("listen", "admin.listen") into
+ * |*host| (replacing it) and |*port|; reports a problem otherwise. */
+static void parse_listen_address(parse_ctx_t *ctx, const char *path,
+                                 const char *s, char **host, uint16_t *port)
 {
-    const char *s = get_string(ctx, root, NULL, "listen", false);
-    if (s == NULL) {
-        return;
-    }
     hostport_t hp;
-    uint16_t port = 0;
+    uint16_t parsed_port = 0;
     bool ok = split_hostport(s, strlen(s), &hp) && hp.port != NULL;
     if (ok) {
         if (hp.bracketed) {
@@ -631,25 +654,52 @@ static void parse_listen(parse_ctx_t *ctx, json_t *root, config_t *cfg)
         }
     }
     if (!ok) {
-        report(ctx, "listen", "invalid address %s: " LISTEN_EXPECTED,
+        report(ctx, path, "invalid address %s: " LISTEN_EXPECTED,
                esc(ctx, s, true));
         return;
     }
-    int rc = parse_port(hp.port, hp.port_len, &port);
+    int rc = parse_port(hp.port, hp.port_len, &parsed_port);
     if (rc != 0) {
-        report(ctx, "listen", "invalid address %s: " LISTEN_EXPECTED "; %s",
+        report(ctx, path, "invalid address %s: " LISTEN_EXPECTED "; %s",
                esc(ctx, s, true),
                rc == -2 ? "the port is out of range (1-65535)"
                         : "the port must be a decimal number");
         return;
     }
-    char *host = dup_len(ctx, hp.host, hp.host_len);
-    if (host == NULL) {
+    char *copy = dup_len(ctx, hp.host, hp.host_len);
+    if (copy == NULL) {
         return;
     }
-    free(cfg->listen_host);
-    cfg->listen_host = host;
-    cfg->listen_port = port;
+    free(*host);
+    *host = copy;
+    *port = parsed_port;
+}
+
+
+static void parse_listen(parse_ctx_t *ctx, json_t *root, config_t *cfg)
+{
+    const char *s = get_string(ctx, root, NULL, "listen", false);
+    if (s != NULL) {
+        parse_listen_address(ctx, "listen", s, &cfg->listen_host,
+                             &cfg->listen_port);
+    }
+}
+
+
+/* "admin": {"listen": "HOST:PORT"}; without it there is no admin
+ * listener. */
+static void parse_admin(parse_ctx_t *ctx, json_t *root, config_t *cfg)
+{
+    json_t *admin = json_object_get(root, "admin");
+    if (admin == NULL || !expect_object(ctx, admin, "admin")) {
+        return;
+    }
+    check_keys(ctx, admin, "admin", ADMIN_KEYS, NKEYS(ADMIN_KEYS));
+    const char *s = get_string(ctx, admin, "admin", "listen", true);
+    if (s != NULL) {
+        parse_listen_address(ctx, "admin.listen", s, &cfg->admin_host,
+                             &cfg->admin_port);
+    }
 }
 
 
@@ -985,6 +1035,8 @@ static const int_option_t INT_OPTIONS[] = {
      DEFAULT_EJECT_BASE_MS},
     {"eject_max_ms", offsetof(service_options_t, eject_max_ms), 1,
      DEFAULT_EJECT_MAX_MS},
+    {"max_concurrent_calls", offsetof(service_options_t, max_concurrent_calls),
+     1, -1},
 };
 
 /* Pairs of keys whose first value must not exceed the second. */
@@ -1027,6 +1079,7 @@ static void options_free(service_options_t *o)
     o->cert_file = NULL;
     o->key_file = NULL;
     o->server_name = NULL;
+    header_policy_free(&o->headers);
 }
 
 
@@ -1041,6 +1094,9 @@ static void options_copy(parse_ctx_t *ctx, service_options_t *dst,
     dst->cert_file = NULL;
     dst->key_file = NULL;
     dst->server_name = NULL;
+    if (header_policy_copy(&dst->headers, &src->headers) != 0) {
+        ctx->nomem = true;
+    }
     if (!tls) {
         dst->tls_verify = true;
         return;
@@ -1098,6 +1154,210 @@ static void get_server_name(parse_ctx_t *ctx, json_t *obj, const char *path,
 }
 
 
+/* Checks a configured header name. |set_by_config| is true for names in
+ * "forward_headers" and "set_headers", which may not name a hop-by-hop
+ * field or one tutti sets itself. Returns false after reporting. */
+static bool check_header_name(parse_ctx_t *ctx, const char *path,
+                              const char *name, bool set_by_config)
+{
+    if (!headers_is_token(name)) {
+        report(ctx, path,
+               "invalid header name %s: expected an HTTP token of letters, "
+               "digits and !#$%%&'*+-.^_`|~",
+               esc(ctx, name, true));
+        return false;
+    }
+    const char *reason = set_by_config ? headers_reserved_reason(name) : NULL;
+    if (reason != NULL) {
+        report(ctx, path, "header %s %s; remove it", esc(ctx, name, true),
+               reason);
+        return false;
+    }
+    return true;
+}
+
+
+/* Copies |name| in lower case into a new string. */
+static char *dup_lower(parse_ctx_t *ctx, const char *name)
+{
+    char *copy = dup_string(ctx, name);
+    for (char *p = copy; p != NULL && *p != '\0'; p++) {
+        if (*p >= 'A' && *p <= 'Z') {
+            *p = (char)(*p - 'A' + 'a');
+        }
+    }
+    return copy;
+}
+
+
+/* Reads an array of header names at |path| into |*out| (lower case).
+ * Returns false after reporting a problem; |*out| is then NULL. */
+static bool parse_header_names(parse_ctx_t *ctx, json_t *list, const char *path,
+                               bool set_by_config, char ***out, size_t *count)
+{
+    *out = NULL;
+    *count = 0;
+    if (!expect_array(ctx, list, path)) {
+        return false;
+    }
+    size_t n = json_array_size(list);
+    char **names = n > 0 ? calloc(n, sizeof(*names)) : NULL;
+    if (n > 0 && names == NULL) {
+        ctx->nomem = true;
+        return false;
+    }
+    bool ok = true;
+    size_t i;
+    json_t *v;
+    json_array_foreach(list, i, v)
+    {
+        const char *ipath = scratch_printf(ctx, "%s[%zu]", path, i);
+        if (!json_is_string(v)) {
+            report(ctx, ipath, "expected a string, got %s", json_kind(v));
+            ok = false;
+            continue;
+        }
+        const char *name = json_string_value(v);
+        if (!check_header_name(ctx, ipath, name, set_by_config)) {
+            ok = false;
+            continue;
+        }
+        for (size_t j = 0; j < i; j++) {
+            if (names[j] != NULL && strcasecmp(names[j], name) == 0) {
+                report(ctx, ipath, "duplicate header name %s",
+                       esc(ctx, name, true));
+                ok = false;
+            }
+        }
+        names[i] = dup_lower(ctx, name);
+    }
+    for (size_t j = 0; !ok && j < n; j++) {
+        free(names[j]);
+    }
+    if (!ok) {
+        free(names);
+        return false;
+    }
+    *out = names;
+    *count = n;
+    return true;
+}
+
+
+/* Checks one "set_headers" value: a string whose literal text has no
+ * CR, LF, NUL or other control character, with well-formed placeholders.
+ * Whether each {name} is a parameter of the route is checked per call. */
+static bool check_set_value(parse_ctx_t *ctx, const char *path, json_t *v)
+{
+    if (!json_is_string(v)) {
+        report(ctx, path, "expected a string, got %s", json_kind(v));
+        return false;
+    }
+    const char *text = json_string_value(v);
+    if (strlen(text) != json_string_length(v)) {
+        report(ctx, path,
+               "invalid header value: it must not contain NUL, CR or LF");
+        return false;
+    }
+    template_t t;
+    char err[TEMPLATE_ERR_MAX];
+    int rc = headers_compile_value(text, NULL, 0, &t, err, sizeof(err));
+    if (rc == TE_NOMEM) {
+        ctx->nomem = true;
+        return false;
+    }
+    if (rc != 0) {
+        report(ctx, path, "invalid header value %s: %s", esc(ctx, text, true),
+               err);
+        return false;
+    }
+    template_free(&t);
+    return true;
+}
+
+
+static void parse_set_headers(parse_ctx_t *ctx, json_t *obj, const char *path,
+                              header_policy_t *hp)
+{
+    if (!expect_object(ctx, obj, path)) {
+        return;
+    }
+    size_t n = json_object_size(obj);
+    header_policy_t parsed = {0};
+    bool ok = true;
+    if (n > 0) {
+        parsed.set_names = calloc(n, sizeof(char *));
+        parsed.set_texts = calloc(n, sizeof(char *));
+        if (parsed.set_names == NULL || parsed.set_texts == NULL) {
+            ctx->nomem = true;
+            ok = false;
+        }
+    }
+    const char *name;
+    json_t *v;
+    json_object_foreach(obj, name, v)
+    {
+        if (!ok) {
+            break;
+        }
+        const char *npath = path_key(ctx, path, esc(ctx, name, false));
+        bool good = check_header_name(ctx, npath, name, true);
+        for (size_t j = 0; good && j < parsed.nset; j++) {
+            if (strcasecmp(parsed.set_names[j], name) == 0) {
+                report(ctx, npath, "duplicate header name %s",
+                       esc(ctx, name, true));
+                good = false;
+            }
+        }
+        good = check_set_value(ctx, npath, v) && good;
+        if (!good) {
+            /* Keep checking the other entries, but keep nothing. */
+            continue;
+        }
+        parsed.set_names[parsed.nset] = dup_lower(ctx, name);
+        parsed.set_texts[parsed.nset] = dup_string(ctx, json_string_value(v));
+        parsed.nset++;
+    }
+    if (!ok || parsed.nset != n) {
+        header_policy_free(&parsed);
+        return;
+    }
+    header_policy_t old = {.set_names = hp->set_names,
+                           .set_texts = hp->set_texts,
+                           .nset = hp->nset};
+    header_policy_free(&old);
+    hp->set_names = parsed.set_names;
+    hp->set_texts = parsed.set_texts;
+    hp->nset = parsed.nset;
+}
+
+
+/* Reads "forward_headers" and "set_headers" of |obj|, a service or
+ * "defaults". A key that is present replaces the value in |hp|, which
+ * came from "defaults". */
+static void parse_header_policy(parse_ctx_t *ctx, json_t *obj, const char *path,
+                                header_policy_t *hp)
+{
+    json_t *forward = json_object_get(obj, "forward_headers");
+    if (forward != NULL) {
+        char **names = NULL;
+        size_t n = 0;
+        const char *fpath = path_key(ctx, path, "forward_headers");
+        if (parse_header_names(ctx, forward, fpath, true, &names, &n)) {
+            header_policy_t old = {.forward = hp->forward,
+                                   .nforward = hp->nforward};
+            header_policy_free(&old);
+            hp->forward = names;
+            hp->nforward = n;
+        }
+    }
+    json_t *set = json_object_get(obj, "set_headers");
+    if (set != NULL) {
+        parse_set_headers(ctx, set, path_key(ctx, path, "set_headers"), hp);
+    }
+}
+
+
 /* Overrides |o| with the keys of |obj| (a service or "defaults"). The TLS
  * keys are read only when |tls_keys|. */
 static void parse_options(parse_ctx_t *ctx, json_t *obj, const char *path,
@@ -1107,6 +1367,7 @@ static void parse_options(parse_ctx_t *ctx, json_t *obj, const char *path,
         get_int(ctx, obj, path, INT_OPTIONS[i].key, INT_OPTIONS[i].min,
                 option_int(o, INT_OPTIONS[i].offset));
     }
+    parse_header_policy(ctx, obj, path, &o->headers);
     if (!tls_keys) {
         return;
     }
@@ -1199,6 +1460,12 @@ static void parse_service(parse_ctx_t *ctx, const char *name, json_t *v,
 
     svc->name = dup_string(ctx, name);
     svc->timeout_ms = -1;
+    svc->active_calls = calloc(1, sizeof(*svc->active_calls));
+    if (svc->active_calls == NULL) {
+        ctx->nomem = true;
+    } else {
+        atomic_init(svc->active_calls, 0);
+    }
     options_init(&svc->options);
     if (!is_name(name, "_.-")) {
         report(ctx, path,
@@ -1473,6 +1740,37 @@ static void parse_call_method(parse_ctx_t *ctx, const char *path, json_t *v,
 }
 
 
+/* Compiles the "set_headers" values of the call's service against the
+ * route's parameters, so that a {name} the route lacks is reported at
+ * the call that would expand it. */
+static void compile_set_headers(parse_ctx_t *ctx, const char *path,
+                                const route_t *r, call_t *c)
+{
+    if (c->service == NULL || c->service->options.headers.nset == 0) {
+        return;
+    }
+    const header_policy_t *hp = &c->service->options.headers;
+    c->set_values = calloc(hp->nset, sizeof(*c->set_values));
+    if (c->set_values == NULL) {
+        ctx->nomem = true;
+        return;
+    }
+    c->nset_values = hp->nset;
+    for (size_t i = 0; i < hp->nset; i++) {
+        char err[TEMPLATE_ERR_MAX];
+        int rc = headers_compile_value(hp->set_texts[i], r->params, r->nparams,
+                                       &c->set_values[i], err, sizeof(err));
+        if (rc == TE_NOMEM) {
+            ctx->nomem = true;
+        } else if (rc != 0) {
+            report(ctx, path, "set_headers %s of service %s: %s",
+                   esc(ctx, hp->set_names[i], true),
+                   esc(ctx, c->service->name, true), err);
+        }
+    }
+}
+
+
 /* |path_ok| is false when the route path was invalid: its parameter list
  * is then unknown, so call templates are not checked against it. */
 static void parse_call(parse_ctx_t *ctx, const config_t *cfg, const char *path,
@@ -1518,6 +1816,9 @@ static void parse_call(parse_ctx_t *ctx, const config_t *cfg, const char *path,
     get_int(ctx, v, path, "timeout_ms", 1, &c->timeout_ms);
     get_bool(ctx, v, path, "required", &c->required);
     get_bool(ctx, v, path, "forward_body", &c->forward_body);
+    if (path_ok) {
+        compile_set_headers(ctx, path, r, c);
+    }
 }
 
 
@@ -1638,6 +1939,55 @@ static void check_duplicate_routes(parse_ctx_t *ctx, const config_t *cfg)
 }
 
 
+static void parse_trusted_proxies(parse_ctx_t *ctx, json_t *root, config_t *cfg)
+{
+    json_t *list = json_object_get(root, "trusted_proxies");
+    if (list == NULL || !expect_array(ctx, list, "trusted_proxies")) {
+        return;
+    }
+    size_t n = json_array_size(list);
+    if (n == 0) {
+        return;
+    }
+    cfg->trusted_proxies = calloc(n, sizeof(*cfg->trusted_proxies));
+    if (cfg->trusted_proxies == NULL) {
+        ctx->nomem = true;
+        return;
+    }
+    size_t i;
+    json_t *v;
+    json_array_foreach(list, i, v)
+    {
+        const char *path = scratch_printf(ctx, "trusted_proxies[%zu]", i);
+        if (!json_is_string(v)) {
+            report(ctx, path, "expected a string, got %s", json_kind(v));
+            continue;
+        }
+        const char *s = json_string_value(v);
+        cidr_t *net = &cfg->trusted_proxies[cfg->ntrusted_proxies];
+        if (headers_parse_cidr(s, net) != 0) {
+            report(ctx, path,
+                   "invalid network %s: expected an IPv4 or IPv6 address "
+                   "with an optional /BITS prefix length, such as "
+                   "10.0.0.0/8 or fd00::/8",
+                   esc(ctx, s, true));
+            continue;
+        }
+        cfg->ntrusted_proxies++;
+    }
+}
+
+
+static void parse_secret_headers(parse_ctx_t *ctx, json_t *root, config_t *cfg)
+{
+    json_t *list = json_object_get(root, "secret_headers");
+    if (list != NULL) {
+        parse_header_names(ctx, list, "secret_headers", false,
+                           &cfg->secret_headers, &cfg->nsecret_headers);
+    }
+}
+
+
 static void parse_routes(parse_ctx_t *ctx, json_t *root, config_t *cfg)
 {
     json_t *routes = get_key(ctx, root, NULL, "routes", true);
@@ -1675,8 +2025,36 @@ static void parse_limits(parse_ctx_t *ctx, json_t *root, config_t *cfg)
     get_int(ctx, root, NULL, "max_request_body_bytes", 1, &req);
     get_int(ctx, root, NULL, "max_response_body_bytes", 1, &resp);
     get_int(ctx, root, NULL, "shutdown_grace_ms", 0, &cfg->shutdown_grace_ms);
+    get_int(ctx, root, NULL, "drain_delay_ms", 0, &cfg->drain_delay_ms);
     cfg->max_request_body_bytes = (size_t)req;
     cfg->max_response_body_bytes = (size_t)resp;
+}
+
+
+static void parse_overload_limits(parse_ctx_t *ctx, json_t *root, config_t *cfg)
+{
+    get_int(ctx, root, NULL, "max_in_flight", 1, &cfg->max_in_flight);
+    get_int(ctx, root, NULL, "max_connections_inbound", 1,
+            &cfg->max_connections_inbound);
+    get_int(ctx, root, NULL, "client_timeout_ms", 1, &cfg->client_timeout_ms);
+    get_int(ctx, root, NULL, "max_url_bytes", 1, &cfg->max_url_bytes);
+
+    int64_t header = cfg->max_header_bytes;
+    get_int(ctx, root, NULL, "max_header_bytes", 1, &header);
+    if (header < MIN_MAX_HEADER_BYTES) {
+        report(ctx, "max_header_bytes",
+               "expected an integer of at least %d, got %lld",
+               MIN_MAX_HEADER_BYTES, (long long)header);
+        return;
+    }
+    cfg->max_header_bytes = header;
+    if (cfg->max_url_bytes > cfg->max_header_bytes) {
+        report(ctx, "max_url_bytes",
+               "%lld is greater than max_header_bytes %lld, which the "
+               "request line must fit in; lower max_url_bytes or raise "
+               "max_header_bytes",
+               (long long)cfg->max_url_bytes, (long long)cfg->max_header_bytes);
+    }
 }
 
 
@@ -1693,6 +2071,12 @@ static config_t *config_new(parse_ctx_t *ctx, const char *file)
     cfg->max_request_body_bytes = DEFAULT_MAX_REQUEST_BODY;
     cfg->max_response_body_bytes = DEFAULT_MAX_RESPONSE_BODY;
     cfg->shutdown_grace_ms = DEFAULT_SHUTDOWN_GRACE_MS;
+    cfg->drain_delay_ms = DEFAULT_DRAIN_DELAY_MS;
+    cfg->max_in_flight = DEFAULT_MAX_IN_FLIGHT;
+    cfg->max_header_bytes = DEFAULT_MAX_HEADER_BYTES;
+    cfg->max_url_bytes = DEFAULT_MAX_URL_BYTES;
+    cfg->max_connections_inbound = DEFAULT_MAX_CONNECTIONS_INBOUND;
+    cfg->client_timeout_ms = DEFAULT_CLIENT_TIMEOUT_MS;
     return cfg;
 }
 
@@ -1701,11 +2085,15 @@ static void parse_root(parse_ctx_t *ctx, json_t *root, config_t *cfg)
 {
     check_keys(ctx, root, NULL, ROOT_KEYS, NKEYS(ROOT_KEYS));
     parse_listen(ctx, root, cfg);
+    parse_admin(ctx, root, cfg);
     parse_limits(ctx, root, cfg);
+    parse_overload_limits(ctx, root, cfg);
     parse_resolver(ctx, root, cfg);
     parse_defaults(ctx, root);
     parse_services(ctx, root, cfg);
     parse_routes(ctx, root, cfg);
+    parse_trusted_proxies(ctx, root, cfg);
+    parse_secret_headers(ctx, root, cfg);
 }
 
 
@@ -1848,6 +2236,7 @@ static void service_free(service_t *svc)
     free(svc->url);
     free(svc->host);
     free(svc->authority);
+    free(svc->active_calls);
     options_free(&svc->options);
 }
 
@@ -1870,6 +2259,10 @@ static void route_free(route_t *r)
         free(c->method);
         free(c->path_text);
         template_free(&c->path);
+        for (size_t j = 0; j < c->nset_values; j++) {
+            template_free(&c->set_values[j]);
+        }
+        free(c->set_values);
     }
     free(r->calls);
 }
@@ -1890,7 +2283,13 @@ void config_free(config_t *cfg)
     free(cfg->routes);
     free(cfg->file);
     free(cfg->listen_host);
+    free(cfg->admin_host);
     free(cfg->resolver_servers);
+    free(cfg->trusted_proxies);
+    for (size_t i = 0; i < cfg->nsecret_headers; i++) {
+        free(cfg->secret_headers[i]);
+    }
+    free(cfg->secret_headers);
     free(cfg);
 }
 

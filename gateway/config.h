@@ -4,10 +4,12 @@
 #ifndef TUTTI_CONFIG_H
 #define TUTTI_CONFIG_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "headers.h"
 #include "template.h"
 
 typedef enum {
@@ -32,11 +34,17 @@ typedef struct service_options_s {
     int64_t eject_after;        /* consecutive failures; default 3 */
     int64_t eject_base_ms;      /* first ejection; default 1000 */
     int64_t eject_max_ms;       /* longest ejection; default 30000 */
-    char *ca_file;              /* NULL: the system's CA store */
-    char *cert_file;            /* client certificate (mTLS) or NULL */
-    char *key_file;             /* its key or NULL */
-    char *server_name;          /* SNI / verified name; default the host */
-    bool tls_verify;            /* default true */
+    /* Calls in flight to the service over all workers; -1: no limit
+     * (the default). */
+    int64_t max_concurrent_calls;
+    char *ca_file;     /* NULL: the system's CA store */
+    char *cert_file;   /* client certificate (mTLS) or NULL */
+    char *key_file;    /* its key or NULL */
+    char *server_name; /* SNI / verified name; default the host */
+    bool tls_verify;   /* default true */
+    /* "forward_headers" and "set_headers"; a service's own key replaces
+     * the one in "defaults". */
+    header_policy_t headers;
 } service_options_t;
 
 typedef struct service_s {
@@ -59,6 +67,11 @@ typedef struct service_s {
      * never NULL. */
     service_options_t options;
     size_t index; /* position in config_t.services */
+    /* Calls to the service in flight now, over all workers: the bulkhead
+     * counter for options.max_concurrent_calls. It is the one field of a
+     * loaded configuration that changes, so it sits behind a pointer and
+     * every worker updates it atomically. */
+    atomic_long *active_calls;
 } service_t;
 
 typedef struct call_s {
@@ -70,6 +83,10 @@ typedef struct call_s {
     int64_t timeout_ms; /* the call's, else the service's, else -1 */
     bool required;      /* default true */
     bool forward_body;  /* default false */
+    /* The service's "set_headers" values compiled against the route's
+     * parameters, in the order of options.headers.set_names. */
+    template_t *set_values;
+    size_t nset_values;
 } call_t;
 
 /* One segment of a route path: a literal or a {name} parameter. */
@@ -94,6 +111,10 @@ typedef struct config_s {
     char *file;           /* path the configuration was read from */
     char *listen_host;    /* default "127.0.0.1" */
     uint16_t listen_port; /* default 8080 */
+    /* "admin": {"listen"}: the admin listener's address; admin_host is
+     * NULL when the key is absent and there is no admin listener. */
+    char *admin_host;
+    uint16_t admin_port;
     service_t *services;
     size_t nservices;
     route_t *routes;
@@ -107,6 +128,25 @@ typedef struct config_s {
     size_t max_request_body_bytes;  /* default 1 MiB */
     size_t max_response_body_bytes; /* default 8 MiB, per call */
     int64_t shutdown_grace_ms;      /* default 25000 */
+    /* After SIGTERM or SIGINT, how long the listener keeps accepting
+     * while load balancers take the instance out; default 5000. */
+    int64_t drain_delay_ms;
+    /* Overload protection. max_in_flight and max_connections_inbound
+     * count over all workers; the header and URL limits are per request;
+     * client_timeout_ms is the inactivity timeout of an inbound
+     * connection. */
+    int64_t max_in_flight;           /* default 10000 */
+    int64_t max_header_bytes;        /* default 32768 */
+    int64_t max_url_bytes;           /* default 8192 */
+    int64_t max_connections_inbound; /* default 10000 */
+    int64_t client_timeout_ms;       /* default 30000 */
+    /* "trusted_proxies": peers whose X-Forwarded-* fields are kept. */
+    cidr_t *trusted_proxies;
+    size_t ntrusted_proxies;
+    /* "secret_headers": field names (lower case) whose values are never
+     * logged, besides Authorization, Cookie and Proxy-Authorization. */
+    char **secret_headers;
+    size_t nsecret_headers;
 } config_t;
 
 /* A list of problems, each "FILE: JSON.PATH: message". */

@@ -9,6 +9,7 @@
 
 #include "aggregate.h"
 #include "errors.h"
+#include "headers.h"
 #include "log.h"
 
 #define NS_PER_MS 1000000ULL
@@ -20,8 +21,6 @@ typedef enum {
     FCALL_CANCELLED,   /* ended by the fan-out, outcome discarded */
 } fcall_state_t;
 
-#define FCALL_HEADERS 4
-
 typedef struct fcall_s {
     fanout_t *fo;
     const call_t *conf;
@@ -29,9 +28,12 @@ typedef struct fcall_s {
     fcall_state_t state;
     buf_t path;
     char timeout_header[24];
-    upcall_header_t headers[FCALL_HEADERS];
+    header_list_t headers;
+    /* The id of the call's own span, a child of the gateway's. */
+    uint8_t span_id[TRACE_SPAN_LEN];
     uint64_t expire_ns;      /* when the timer ends this call */
     fail_kind_t expire_kind; /* timeout, or deadline when that is earlier */
+    uint64_t start_ns;
     uint64_t end_ns;
     int status;       /* downstream status, 0 if none */
     fail_kind_t kind; /* for FCALL_FAILED */
@@ -45,6 +47,7 @@ struct fanout_s {
     const route_t *route;
     char *request_id;
     char *content_type;
+    trace_ctx_t trace;
     const char *body;
     size_t body_len;
     uint64_t start_ns;
@@ -61,6 +64,7 @@ struct fanout_s {
     buf_t partial;
     fanout_answer_cb cb;
     void *cb_arg;
+    metrics_worker_t *metrics; /* NULL: not counted */
 };
 
 static const char *const cause_names[] = {
@@ -80,6 +84,32 @@ static int64_t ms_since(const fanout_t *fo, uint64_t t)
 }
 
 
+static metrics_outcome_t call_outcome(const fcall_t *fc)
+{
+    switch (fc->state) {
+    case FCALL_OK:
+        return METRICS_OUTCOME_OK;
+    case FCALL_FAILED:
+        if (fc->kind == KIND_TIMEOUT || fc->kind == KIND_DEADLINE) {
+            return METRICS_OUTCOME_TIMEOUT;
+        }
+        return METRICS_OUTCOME_ERROR;
+    default:
+        return METRICS_OUTCOME_CANCELLED;
+    }
+}
+
+
+/* Counts a call that just left FCALL_PENDING. */
+static void count_call_end(fanout_t *fo, const fcall_t *fc)
+{
+    if (fo->metrics != NULL) {
+        metrics_call_done(fo->metrics, fc->conf->service, call_outcome(fc),
+                          fc->end_ns - fc->start_ns);
+    }
+}
+
+
 static void cancel_pending(fanout_t *fo, cancel_cause_t cause)
 {
     uint64_t now = uv_hrtime();
@@ -92,6 +122,10 @@ static void cancel_pending(fanout_t *fo, cancel_cause_t cause)
         fc->state = FCALL_CANCELLED;
         fc->end_ns = now;
         fo->pending--;
+        count_call_end(fo, fc);
+        if (fo->metrics != NULL) {
+            metrics_call_cancelled(fo->metrics, cause);
+        }
         if (log_enabled(LOG_DEBUG)) {
             json_t *f = json_pack("{s:s, s:s, s:s}", "call", fc->conf->name,
                                   "service", fc->conf->service->name, "cause",
@@ -158,6 +192,9 @@ static void answer_success(fanout_t *fo)
         buf_append_str(&fo->partial, fc->conf->name);
     }
     rc |= aggregate_finish(&out, errors);
+    if (errors != NULL && rc == 0 && fo->metrics != NULL) {
+        metrics_partial_response(fo->metrics);
+    }
     json_decref(errors);
     if (rc != 0) {
         buf_free(&out);
@@ -180,7 +217,12 @@ static void log_call_failure(fanout_t *fo, fcall_t *fc, const char *message)
     if (f != NULL && fc->status > 0) {
         json_object_set_new(f, "status", json_integer(fc->status));
     }
-    log_event(LOG_WARN, fo->request_id, "call failed", f);
+    /* A service that is down fails every call to it. The key limits the
+     * lines of each call and kind per second, and the rest are counted. */
+    char key[160];
+    snprintf(key, sizeof(key), "call failed|%s|%s|%s", fc->conf->service->name,
+             fc->conf->name, aggregate_kind_name(fc->kind));
+    log_event_limited(LOG_WARN, fo->request_id, "call failed", key, f);
 }
 
 
@@ -195,6 +237,7 @@ static void fail_call(fanout_t *fo, fcall_t *fc, fail_kind_t kind,
     fc->error = aggregate_error_object(fc->conf->name, kind, fc->status,
                                        message, ms_since(fo, fc->end_ns));
     fo->pending--;
+    count_call_end(fo, fc);
     log_call_failure(fo, fc, message);
     if (fc->conf->required && !fo->answered) {
         answer_error(fo, fc, cause);
@@ -260,6 +303,9 @@ static void on_timer(uv_timer_t *t)
                          (long long)fc->conf->timeout_ms);
             }
             upstream_cancel(fo->up, &fc->up);
+            if (is_deadline && fo->metrics != NULL) {
+                metrics_call_cancelled(fo->metrics, CAUSE_DEADLINE);
+            }
             fail_call(fo, fc, fc->expire_kind, msg,
                       is_deadline ? CAUSE_DEADLINE : CAUSE_FIRST_ERROR);
         }
@@ -307,6 +353,7 @@ static void on_call_done(upcall_t *up, int err)
             fc->state = FCALL_OK;
             fc->end_ns = uv_hrtime();
             fo->pending--;
+            count_call_end(fo, fc);
         }
     }
     if (!fo->answered) {
@@ -315,6 +362,33 @@ static void on_call_done(upcall_t *up, int err)
     if (!fo->answered) {
         schedule_timer(fo);
     }
+}
+
+
+/* Builds the call's header fields: tutti's own (request id, deadline,
+ * trace context), then the service's header policy. */
+static int add_call_headers(fanout_t *fo, fcall_t *fc,
+                            const fanout_request_t *req, bool send_body)
+{
+    header_list_t *l = &fc->headers;
+    char traceparent[TRACEPARENT_LEN + 1];
+
+    trace_new_span(fc->span_id);
+    trace_format_parent(&fo->trace, fc->span_id, traceparent);
+    int rc = header_list_add(l, "x-request-id", fo->request_id);
+    rc = rc != 0 ? rc
+                 : header_list_add(l, "request-timeout-ms", fc->timeout_header);
+    rc = rc != 0 ? rc : header_list_add(l, "accept", "application/json");
+    if (rc == 0 && send_body && fo->content_type != NULL) {
+        rc = header_list_add(l, "content-type", fo->content_type);
+    }
+    rc = rc != 0 ? rc : header_list_add(l, "traceparent", traceparent);
+    if (rc == 0 && req->headers != NULL) {
+        rc = headers_build_call(l, &fc->conf->service->options.headers,
+                                fc->conf->set_values, req->headers, req->values,
+                                req->query, req->query_arg);
+    }
+    return rc;
 }
 
 
@@ -341,11 +415,10 @@ static int prepare_call(fanout_t *fo, fcall_t *fc, const call_t *conf,
     snprintf(fc->timeout_header, sizeof(fc->timeout_header), "%llu",
              (unsigned long long)(budget / NS_PER_MS));
 
-    size_t n = 0;
-    fc->headers[n++] = (upcall_header_t){"x-request-id", fo->request_id};
-    fc->headers[n++] =
-        (upcall_header_t){"request-timeout-ms", fc->timeout_header};
-    fc->headers[n++] = (upcall_header_t){"accept", "application/json"};
+    bool send_body = conf->forward_body && req->body_len > 0;
+    if (add_call_headers(fo, fc, req, send_body) != 0) {
+        return TE_NOMEM;
+    }
 
     upcall_t *up = &fc->up;
     up->method = conf->method;
@@ -355,17 +428,45 @@ static int prepare_call(fanout_t *fo, fcall_t *fc, const call_t *conf,
     up->on_done = on_call_done;
     up->data = fc;
     up->deadline_ns = fc->expire_ns;
-    if (conf->forward_body && req->body_len > 0) {
+    if (send_body) {
         up->body = req->body;
         up->body_len = req->body_len;
-        if (fo->content_type != NULL) {
-            fc->headers[n++] =
-                (upcall_header_t){"content-type", fo->content_type};
-        }
     }
-    up->headers = fc->headers;
-    up->nheaders = n;
+    up->headers = fc->headers.items;
+    up->nheaders = fc->headers.count;
     return 0;
+}
+
+
+/* Logs the call about to start with its header fields, whose secret
+ * values are redacted: the way to see what a service was sent. */
+static void log_call_start(const fanout_t *fo, const fcall_t *fc,
+                           const fanout_request_t *req)
+{
+    char span[TRACE_SPAN_HEX];
+    trace_hex(fc->span_id, TRACE_SPAN_LEN, span);
+    json_t *f = json_pack("{s:s, s:s, s:s, s:s, s:s}", "call", fc->conf->name,
+                          "service", fc->conf->service->name, "method",
+                          fc->up.method, "path", fc->up.path, "span_id", span);
+    if (f != NULL) {
+        json_object_set_new(f, "headers",
+                            headers_log_json(&fc->headers, req->secret_headers,
+                                             req->nsecret_headers));
+    }
+    log_event(LOG_DEBUG, fo->request_id, "call started", f);
+}
+
+
+/* Starts |fc| on the service table of the request's configuration, so
+ * that its service index means what it meant in that configuration. */
+static void start_call(fanout_t *fo, upstream_table_t *services, fcall_t *fc)
+{
+    size_t index = fc->conf->service->index;
+    if (services != NULL) {
+        upstream_table_start(services, index, &fc->up);
+    } else {
+        upstream_start(fo->up, index, &fc->up);
+    }
 }
 
 
@@ -387,6 +488,11 @@ fanout_t *fanout_start(uv_loop_t *loop, upstream_t *up,
     fo->request_id = strdup(req->request_id);
     fo->content_type =
         req->content_type != NULL ? strdup(req->content_type) : NULL;
+    if (req->trace != NULL) {
+        fo->trace = *req->trace;
+    } else {
+        trace_begin(&fo->trace, NULL);
+    }
     fo->ncalls = req->route->ncalls;
     fo->calls = calloc(fo->ncalls, sizeof(*fo->calls));
     uv_timer_init(loop, &fo->timer);
@@ -407,10 +513,18 @@ fanout_t *fanout_start(uv_loop_t *loop, upstream_t *up,
     /* Every call starts now; none waits for another. A call whose budget
      * is already spent is not sent, and the timer fails it at once. */
     fo->pending = fo->ncalls;
+    fo->metrics = req->metrics;
+    if (fo->metrics != NULL) {
+        metrics_fanout_started(fo->metrics, fo->ncalls);
+    }
     for (size_t i = 0; i < fo->ncalls; i++) {
         fcall_t *fc = &fo->calls[i];
+        fc->start_ns = now;
+        if (log_enabled(LOG_DEBUG)) {
+            log_call_start(fo, fc, req);
+        }
         if (fc->expire_ns > now) {
-            upstream_start(up, fc->conf->service->index, &fc->up);
+            start_call(fo, req->services, fc);
         }
     }
     schedule_timer(fo);
@@ -517,6 +631,59 @@ json_t *fanout_calls_json(const fanout_t *fo)
             json_object_set_new(c, "kind",
                                 json_string(aggregate_kind_name(fc->kind)));
         }
+        if (c != NULL) {
+            char span[TRACE_SPAN_HEX];
+            trace_hex(fc->span_id, TRACE_SPAN_LEN, span);
+            json_object_set_new(c, "span_id", json_string(span));
+        }
+        json_array_append_new(list, c);
+    }
+    return list;
+}
+
+
+static const char *call_state_name(const fcall_t *fc)
+{
+    switch (fc->state) {
+    case FCALL_OK:
+    case FCALL_FAILED:
+        return "done";
+    case FCALL_CANCELLED:
+        return "cancelled";
+    default:
+        break;
+    }
+    switch (fc->up.phase) {
+    case UPCALL_RESOLVING:
+        return "resolving";
+    case UPCALL_CONNECTING:
+        return "connecting";
+    case UPCALL_WAITING:
+        return "waiting";
+    case UPCALL_RECEIVING:
+        return "receiving";
+    case UPCALL_CANCELLED:
+        return "cancelled";
+    default:
+        /* UPCALL_IDLE or UPCALL_DONE while pending: a call that was never
+         * sent (its budget was spent) or whose failure is reported on the
+         * next loop iteration. No downstream work is left. */
+        return "done";
+    }
+}
+
+
+json_t *fanout_inflight_json(const fanout_t *fo, uint64_t now)
+{
+    json_t *list = json_array();
+    for (size_t i = 0; i < fo->ncalls && list != NULL; i++) {
+        const fcall_t *fc = &fo->calls[i];
+        json_t *c = json_pack(
+            "{s:s, s:s, s:s?, s:s, s:b, s:I}", "name", fc->conf->name,
+            "service", fc->conf->service->name, "endpoint",
+            fc->up.endpoint[0] != '\0' ? fc->up.endpoint : NULL, "state",
+            call_state_name(fc), "required", fc->conf->required, "age_ms",
+            (json_int_t)((now - fc->start_ns) / NS_PER_MS));
         json_array_append_new(list, c);
     }
     return list;
@@ -530,6 +697,7 @@ static void on_timer_closed(uv_handle_t *h)
     for (size_t i = 0; i < fo->ncalls; i++) {
         fcall_t *fc = &fo->calls[i];
         buf_free(&fc->path);
+        header_list_free(&fc->headers);
         buf_free(&fc->up.body_out);
         buf_free(&fc->raw);
         json_decref(fc->error);
@@ -543,12 +711,34 @@ static void on_timer_closed(uv_handle_t *h)
 }
 
 
+/* Counts the calls whose downstream work was thrown away: those tutti
+ * abandoned (cancelled, or ended by their timeout or the deadline), and
+ * the successful ones when the answer was not a 200 (or there was none,
+ * after a client abort). */
+static void count_wasted(const fanout_t *fo)
+{
+    for (size_t i = 0; i < fo->ncalls; i++) {
+        const fcall_t *fc = &fo->calls[i];
+        bool abandoned =
+            fc->state == FCALL_CANCELLED ||
+            (fc->state == FCALL_FAILED &&
+             (fc->kind == KIND_TIMEOUT || fc->kind == KIND_DEADLINE));
+        if (abandoned || (fc->state == FCALL_OK && fo->status != 200)) {
+            metrics_call_wasted(fo->metrics, fc->end_ns - fc->start_ns);
+        }
+    }
+}
+
+
 void fanout_free(fanout_t *fo)
 {
     fo->cb = NULL;
     if (fo->pending > 0) {
         cancel_pending(fo, fo->cause != CAUSE_NONE ? fo->cause
                                                    : CAUSE_CLIENT_ABORT);
+    }
+    if (fo->metrics != NULL) {
+        count_wasted(fo);
     }
     uv_timer_stop(&fo->timer);
     uv_close((uv_handle_t *)&fo->timer, on_timer_closed);

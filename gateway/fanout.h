@@ -15,7 +15,10 @@
 #include <uv.h>
 
 #include "config.h"
+#include "headers.h"
+#include "metrics.h"
 #include "template.h"
+#include "trace.h"
 #include "upstream.h"
 
 typedef struct fanout_s fanout_t;
@@ -43,6 +46,22 @@ typedef struct fanout_request_s {
     uint64_t start_ns;        /* uv_hrtime() when the request arrived */
     int64_t budget_ms;        /* deadline in ms from start_ns */
     size_t max_body;          /* per-call response body limit */
+    /* The worker's metrics; NULL: not counted. */
+    metrics_worker_t *metrics;
+    /* The request's trace; each call gets a child span of it. Copied.
+     * NULL starts a new trace. */
+    const trace_ctx_t *trace;
+    /* Inbound fields and X-Forwarded-* values for the header policy, read
+     * only inside fanout_start. NULL: no policy fields. */
+    const headers_request_t *headers;
+    /* "secret_headers", whose values the debug lines of fanout_start
+     * redact. */
+    char *const *secret_headers;
+    size_t nsecret_headers;
+    /* The dispatcher's service table of the configuration that |route|
+     * belongs to; the caller holds it until fanout_free. NULL: the
+     * current table. */
+    upstream_table_t *services;
 } fanout_request_t;
 
 /* Called once when the answer is decided (never for a client abort). */
@@ -69,6 +88,12 @@ cancel_cause_t fanout_cause(const fanout_t *fo);
 /* Describes each call for the access log: name, service, endpoint,
  * status, outcome, kind, duration_ms. Returns a new reference. */
 json_t *fanout_calls_json(const fanout_t *fo);
+
+/* Describes each call for the in-flight view: name, service, endpoint
+ * (null until known), state (resolving, connecting, waiting, receiving,
+ * done or cancelled), required and age_ms at |now| (uv_hrtime()).
+ * Returns a new reference. */
+json_t *fanout_inflight_json(const fanout_t *fo, uint64_t now);
 
 /* Cancels anything still running and frees the fan-out once its timer
  * handle is closed. No callback follows. */

@@ -11,10 +11,12 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "admin.h"
 #include "config.h"
 #include "errors.h"
+#include "lifecycle.h"
 #include "log.h"
-#include "transport.h"
+#include "shared_config.h"
 #include "worker.h"
 
 #define TUTTI_VERSION "0.1.0"
@@ -23,6 +25,7 @@
 static const char usage[] =
     "Usage: tutti --config FILE [--listen HOST:PORT] [--workers N]\n"
     "             [--log-level debug|info|warn|error]\n"
+    "             [--log-format json|text]\n"
     "       tutti check FILE\n"
     "       tutti --help | --version\n"
     "\n"
@@ -34,20 +37,24 @@ static const char usage[] =
     "\"listen\"\n"
     "  --workers N       worker threads, each with its own event loop\n"
     "                    (default: the number of online CPUs)\n"
-    "  --log-level L     minimum level of the JSON log lines on stderr\n"
+    "  --log-level L     minimum level of the log lines on stderr\n"
     "                    (default: info)\n"
+    "  --log-format F    json: one JSON object per line (default); text:\n"
+    "                    \"time level worker msg key=value ...\"\n"
     "  check FILE        validate FILE; prints \"FILE: ok\" or one line per\n"
     "                    problem and exits 2\n"
     "\n"
-    "Signals: SIGTERM or SIGINT stops accepting, lets requests in flight\n"
-    "finish within shutdown_grace_ms, then exits 0; a second signal exits\n"
-    "at once with status 1.\n";
+    "Signals: SIGTERM or SIGINT starts a drain: the listener keeps\n"
+    "accepting for drain_delay_ms, then stops, and requests in flight get\n"
+    "shutdown_grace_ms to finish before tutti exits 0; a second signal\n"
+    "exits at once with status 1. SIGHUP reloads the --config file.\n";
 
 typedef struct options_s {
     const char *config;
     const char *listen;
     int workers;
     log_level_t level;
+    log_format_t format;
 } options_t;
 
 static worker_t *workers;
@@ -57,6 +64,13 @@ static int signals_seen;
 static uv_async_t exited_async;
 static uv_signal_t sigint_handle;
 static uv_signal_t sigterm_handle;
+static uv_signal_t sighup_handle;
+static uv_timer_t drain_timer;
+/* Main thread only: the configuration last loaded, the file it came from,
+ * and whether --listen overrides the file's "listen". */
+static shared_config_t *current_config;
+static const char *config_path;
+static bool listen_overridden;
 
 
 static int print_config_errors(const config_errors_t *errs)
@@ -68,170 +82,19 @@ static int print_config_errors(const config_errors_t *errs)
 }
 
 
-/* Returns the text for |err| with either strerror_r variant. */
-static const char *errno_text(int err, char *buf, size_t len)
-{
-#if defined(__GLIBC__) && defined(_GNU_SOURCE)
-    return strerror_r(err, buf, len);
-#else
-    if (strerror_r(err, buf, len) != 0) {
-        snprintf(buf, len, "error %d", err);
-    }
-    return buf;
-#endif
-}
-
-
-static void tls_contexts_free(tls_context_t **ctxs, size_t n)
-{
-    if (ctxs == NULL) {
-        return;
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (ctxs[i] != NULL) {
-            tls_context_free(ctxs[i]);
-        }
-    }
-    free(ctxs);
-}
-
-
-/* The file settings of a service, in the order they are checked. */
-typedef struct tls_file_s {
-    const char *key;  /* configuration key */
-    const char *kind; /* for messages */
-    const char *path;
-} tls_file_t;
-
-static void tls_files(const service_options_t *o, tls_file_t files[3])
-{
-    files[0] = (tls_file_t){"ca_file", "CA file", o->ca_file};
-    files[1] = (tls_file_t){"cert_file", "client certificate", o->cert_file};
-    files[2] = (tls_file_t){"key_file", "client key", o->key_file};
-}
-
-
-/* Prints a problem with the file settings of |s| as
- * "FILE: services.NAME[.KEY]: message", like the configuration check. */
-static void print_tls_problem(const config_t *cfg, const service_t *s,
-                              const char *key, const char *msg)
-{
-    fprintf(stderr, "%s: services.%s%s%s: %s\n", cfg->file, s->name,
-            key != NULL ? "." : "", key != NULL ? key : "", msg);
-}
-
-
-/* Opens each file of |s| once, so that a missing or unreadable one is
- * reported under the key that names it, in the words tls_context_new
- * uses. Returns the number of problems. */
-static int check_tls_files(const config_t *cfg, const service_t *s)
-{
-    tls_file_t files[3];
-    int problems = 0;
-
-    tls_files(&s->options, files);
-    for (size_t i = 0; i < 3; i++) {
-        if (files[i].path == NULL) {
-            continue;
-        }
-        FILE *f = fopen(files[i].path, "r");
-        if (f != NULL) {
-            fclose(f);
-            continue;
-        }
-        char why[128];
-        char msg[1024];
-        int e = errno;
-        snprintf(msg, sizeof(msg), "cannot load %s %s: %s", files[i].kind,
-                 files[i].path, errno_text(e, why, sizeof(why)));
-        print_tls_problem(cfg, s, files[i].key, msg);
-        problems++;
-    }
-    return problems;
-}
-
-
-/* Returns the key whose file |msg| names, or NULL. */
-static const char *tls_problem_key(const service_t *s, const char *msg)
-{
-    tls_file_t files[3];
-
-    tls_files(&s->options, files);
-    for (size_t i = 0; i < 3; i++) {
-        if (files[i].path != NULL && strstr(msg, files[i].path) != NULL) {
-            return files[i].key;
-        }
-    }
-    return NULL;
-}
-
-
-/* Builds the TLS client context of each https:// and h2:// service, once
- * for all workers. Returns 0 with |*out| set to cfg->nservices entries,
- * NULL for cleartext services, or 2 after printing one line per problem.
- * Loading the files here lets `tutti check` report them too. */
-static int tls_contexts_new(const config_t *cfg, tls_context_t ***out)
-{
-    int problems = 0;
-
-    *out = NULL;
-    tls_context_t **ctxs = calloc(cfg->nservices, sizeof(*ctxs));
-    if (ctxs == NULL) {
-        fprintf(stderr, "tutti: out of memory\n");
-        return 2;
-    }
-    for (size_t i = 0; i < cfg->nservices; i++) {
-        const service_t *s = &cfg->services[i];
-        if (s->scheme != SCHEME_HTTPS && s->scheme != SCHEME_H2) {
-            continue;
-        }
-        if (check_tls_files(cfg, s) > 0) {
-            problems++;
-            continue;
-        }
-        tls_options_t opts = {
-            .ca_file = s->options.ca_file,
-            .cert_file = s->options.cert_file,
-            .key_file = s->options.key_file,
-            .server_name = s->options.server_name,
-            .verify = s->options.tls_verify,
-            .alpn = s->scheme == SCHEME_H2 ? "h2" : "http/1.1",
-        };
-        char err[512];
-        err[0] = '\0';
-        if (tls_context_new(&opts, &ctxs[i], err, sizeof(err)) != 0) {
-            ctxs[i] = NULL;
-            print_tls_problem(cfg, s, tls_problem_key(s, err), err);
-            problems++;
-        }
-    }
-    if (problems > 0) {
-        tls_contexts_free(ctxs, cfg->nservices);
-        return 2;
-    }
-    *out = ctxs;
-    return 0;
-}
-
-
 static int run_check(const char *file)
 {
-    config_t *cfg = NULL;
+    shared_config_t *sc = NULL;
     config_errors_t errs = {0};
-    if (config_load(file, &cfg, &errs) != 0) {
+    if (shared_config_load(file, NULL, &sc, &errs) != 0) {
         int rc = print_config_errors(&errs);
         config_errors_free(&errs);
         return rc;
     }
     config_errors_free(&errs);
-    tls_context_t **tls = NULL;
-    int rc = tls_contexts_new(cfg, &tls);
-    if (rc == 0) {
-        printf("%s: ok\n", file);
-    }
-    tls_contexts_free(tls, cfg->nservices);
-    config_free(cfg);
-    return rc;
+    printf("%s: ok\n", file);
+    shared_config_release(sc);
+    return 0;
 }
 
 
@@ -283,6 +146,14 @@ static int parse_options(int argc, char **argv, options_t *o)
                 return TE_INVALID;
             }
             o->workers = (int)n;
+        } else if (strcmp(a, "--log-format") == 0) {
+            if (log_parse_format(v, &o->format) != 0) {
+                fprintf(stderr,
+                        "tutti: --log-format: invalid value \"%s\"; "
+                        "expected json or text\n",
+                        v);
+                return TE_INVALID;
+            }
         } else if (strcmp(a, "--log-level") == 0) {
             if (log_parse_level(v, &o->level) != 0) {
                 fprintf(stderr,
@@ -424,6 +295,16 @@ static int open_listeners(const char *host, unsigned port, int n, int *fds,
 }
 
 
+/* uv_timer_cb: the drain delay is over, so the workers stop accepting
+ * and give the requests in flight shutdown_grace_ms to finish. */
+static void on_drain_delay_over(uv_timer_t *t)
+{
+    for (int i = 0; i < nworkers; i++) {
+        worker_stop(&workers[i]);
+    }
+}
+
+
 /* uv_signal_cb: the first SIGINT or SIGTERM drains, the second exits. */
 static void on_signal(uv_signal_t *h, int signum)
 {
@@ -432,9 +313,108 @@ static void on_signal(uv_signal_t *h, int signum)
         log_msg(LOG_WARN, NULL, "second signal %d: exiting at once", signum);
         _exit(1);
     }
-    log_msg(LOG_INFO, NULL, "signal %d: stopping", signum);
+    /* Readiness turns 503 now, so load balancers stop sending new
+     * connections while the listener still takes the ones in transit. */
+    lifecycle_start_draining();
+    int64_t delay = current_config->cfg->drain_delay_ms;
+    log_event(LOG_INFO, NULL, "draining",
+              json_pack("{s:i, s:I, s:I}", "signal", signum, "drain_delay_ms",
+                        (json_int_t)delay, "shutdown_grace_ms",
+                        (json_int_t)current_config->cfg->shutdown_grace_ms));
+    uv_timer_start(&drain_timer, on_drain_delay_over, (uint64_t)delay, 0);
+}
+
+
+/* Logs a warning for each setting of |next| that differs from |cur| but
+ * takes effect only at start-up, because the sockets, the resolvers and
+ * the libmicrohttpd daemons that use it already exist. */
+static void warn_fixed_settings(const config_t *cur, const config_t *next)
+{
+    const char *changed[8];
+    size_t n = 0;
+
+    if (!listen_overridden &&
+        (strcmp(cur->listen_host, next->listen_host) != 0 ||
+         cur->listen_port != next->listen_port)) {
+        changed[n++] = "listen";
+    }
+    if ((cur->resolver_servers == NULL) != (next->resolver_servers == NULL) ||
+        (cur->resolver_servers != NULL &&
+         strcmp(cur->resolver_servers, next->resolver_servers) != 0) ||
+        cur->resolver_timeout_ms != next->resolver_timeout_ms ||
+        cur->resolver_tries != next->resolver_tries) {
+        changed[n++] = "resolver";
+    }
+    if ((cur->admin_host == NULL) != (next->admin_host == NULL) ||
+        (cur->admin_host != NULL &&
+         (strcmp(cur->admin_host, next->admin_host) != 0 ||
+          cur->admin_port != next->admin_port))) {
+        changed[n++] = "admin";
+    }
+    if (cur->max_header_bytes != next->max_header_bytes) {
+        changed[n++] = "max_header_bytes";
+    }
+    if (cur->client_timeout_ms != next->client_timeout_ms) {
+        changed[n++] = "client_timeout_ms";
+    }
+    for (size_t i = 0; i < n; i++) {
+        log_event(
+            LOG_WARN, NULL,
+            "setting changed in the reloaded configuration but "
+            "applies only at start-up; keeping the old value until "
+            "a restart",
+            json_pack("{s:s, s:s}", "config", next->file, "key", changed[i]));
+    }
+}
+
+
+/* Re-reads the --config file, for SIGHUP and POST /admin/reload. An
+ * invalid file changes nothing: the problems are logged in one event,
+ * with the lines `tutti check` prints. */
+static void reload_config(void)
+{
+    shared_config_t *sc = NULL;
+    config_errors_t errs = {0};
+
+    if (shared_config_load(config_path, current_config, &sc, &errs) != 0) {
+        json_t *lines = json_array();
+        for (size_t i = 0; i < errs.count; i++) {
+            json_array_append_new(lines, json_string(errs.lines[i]));
+        }
+        config_errors_free(&errs);
+        lifecycle_count_reload(false);
+        log_event(
+            LOG_ERROR, NULL,
+            "configuration reload rejected; the previous "
+            "configuration keeps serving",
+            json_pack("{s:s, s:o}", "config", config_path, "errors", lines));
+        return;
+    }
+    config_errors_free(&errs);
+    warn_fixed_settings(current_config->cfg, sc->cfg);
     for (int i = 0; i < nworkers; i++) {
-        worker_stop(&workers[i]);
+        worker_reconfigure(&workers[i], sc);
+    }
+    /* The admin listener reads the configuration it was given, so it
+     * moves to the new one before the old one may be freed. */
+    admin_set_config(sc->cfg);
+    shared_config_release(current_config);
+    current_config = sc;
+    lifecycle_count_reload(true);
+    log_event(LOG_INFO, NULL, "configuration reloaded",
+              json_pack("{s:s, s:I, s:I}", "config", config_path, "services",
+                        (json_int_t)sc->cfg->nservices, "routes",
+                        (json_int_t)sc->cfg->nroutes));
+}
+
+
+/* uv_signal_cb: SIGHUP. */
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    if (!lifecycle_request_reload()) {
+        log_msg(LOG_WARN, NULL,
+                "SIGHUP ignored: the gateway is draining and takes no "
+                "reload");
     }
 }
 
@@ -450,7 +430,11 @@ static void on_worker_exited(uv_async_t *a)
     if (workers_exited == nworkers) {
         uv_close((uv_handle_t *)&sigint_handle, NULL);
         uv_close((uv_handle_t *)&sigterm_handle, NULL);
+        uv_close((uv_handle_t *)&sighup_handle, NULL);
+        uv_close((uv_handle_t *)&drain_timer, NULL);
         uv_close((uv_handle_t *)&exited_async, NULL);
+        lifecycle_close();
+        admin_close();
     }
 }
 
@@ -470,20 +454,18 @@ int main(int argc, char **argv)
         return 2;
     }
     log_set_level(opt.level);
+    log_set_format(opt.format);
 
-    config_t *cfg = NULL;
     config_errors_t errs = {0};
-    if (config_load(opt.config, &cfg, &errs) != 0) {
+    if (shared_config_load(opt.config, NULL, &current_config, &errs) != 0) {
         int rc = print_config_errors(&errs);
         config_errors_free(&errs);
         return rc;
     }
     config_errors_free(&errs);
-    tls_context_t **tls = NULL;
-    if (tls_contexts_new(cfg, &tls) != 0) {
-        config_free(cfg);
-        return 2;
-    }
+    config_path = opt.config;
+    listen_overridden = opt.listen != NULL;
+    const config_t *cfg = current_config->cfg;
 
     char host[256];
     unsigned port = cfg->listen_port;
@@ -494,8 +476,7 @@ int main(int argc, char **argv)
                 "tutti: --listen: invalid address \"%s\"; expected "
                 "HOST:PORT\n",
                 opt.listen);
-        tls_contexts_free(tls, cfg->nservices);
-        config_free(cfg);
+        shared_config_release(current_config);
         return 2;
     }
 
@@ -515,22 +496,33 @@ int main(int argc, char **argv)
     uv_signal_start(&sigint_handle, on_signal, SIGINT);
     uv_signal_init(main_loop, &sigterm_handle);
     uv_signal_start(&sigterm_handle, on_signal, SIGTERM);
+    uv_signal_init(main_loop, &sighup_handle);
+    uv_signal_start(&sighup_handle, on_sighup, SIGHUP);
+    uv_timer_init(main_loop, &drain_timer);
+    if (lifecycle_init(main_loop, reload_config) != 0) {
+        fprintf(stderr, "tutti: cannot set up configuration reloads\n");
+        return 1;
+    }
 
     int *fds = calloc((size_t)nworkers, sizeof(int));
     workers = calloc((size_t)nworkers, sizeof(*workers));
     char bound[80];
     if (fds == NULL || workers == NULL ||
         open_listeners(host, port, nworkers, fds, bound, sizeof(bound)) != 0) {
-        tls_contexts_free(tls, cfg->nservices);
-        config_free(cfg);
+        shared_config_release(current_config);
+        return 1;
+    }
+    /* The admin daemon answers only once the main loop runs, when every
+     * worker has started. */
+    if (admin_start(main_loop, cfg, workers, nworkers) != 0) {
+        shared_config_release(current_config);
         return 1;
     }
 
     uv_async_init(main_loop, &exited_async, on_worker_exited);
     for (int i = 0; i < nworkers; i++) {
         workers[i].id = i;
-        workers[i].cfg = cfg;
-        workers[i].tls = tls;
+        workers[i].initial = current_config;
         workers[i].listen_fd = fds[i];
         workers[i].exited = &exited_async;
         if (worker_start(&workers[i]) != 0) {
@@ -551,8 +543,7 @@ int main(int argc, char **argv)
     log_msg(LOG_INFO, NULL, "stopped");
     free(workers);
     free(fds);
-    tls_contexts_free(tls, cfg->nservices);
-    config_free(cfg);
+    shared_config_release(current_config);
     ares_library_cleanup();
     return 0;
 }

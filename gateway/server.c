@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,10 +14,25 @@
 #include "aggregate.h"
 #include "errors.h"
 #include "fanout.h"
+#include "headers.h"
+#include "lifecycle.h"
 #include "log.h"
 #include "router.h"
+#include "trace.h"
 
 #define REQUEST_ID_MAX 128
+
+/* Overload state of the whole gateway. Each worker updates it with one
+ * atomic operation per request or connection, which is not a lock, so
+ * max_in_flight and max_connections_inbound hold over all workers
+ * exactly, however unevenly SO_REUSEPORT spreads the connections. A share
+ * per worker would need no shared cache line, but would shed requests on
+ * a busy worker while another sits idle. */
+static atomic_long requests_in_flight;
+static atomic_long connections_open;
+static atomic_uint_least64_t requests_shed;
+static atomic_uint_least64_t connections_refused_limit;
+static atomic_uint_least64_t connections_refused_fd;
 
 typedef enum {
     REQ_BODY = 0, /* reading the inbound body */
@@ -32,6 +48,9 @@ typedef struct req_str_s {
 
 struct req_s {
     worker_t *w;
+    /* The configuration the request started under, held until it is
+     * freed: routes, limits and the service table of its calls. */
+    worker_config_t *wc;
     struct MHD_Connection *conn;
     req_t *prev;
     req_t *next;
@@ -55,11 +74,21 @@ struct req_s {
     bool completed; /* MHD reported the request complete */
     bool client_gone;
     bool suspended;
+    bool holds_slot;  /* counted in requests_in_flight */
+    bool retry_after; /* answer with Retry-After: 1 */
     int status;
     char *answer;
     size_t answer_len;
     buf_t extra; /* "Allow" value, or the Tutti-Partial list */
     req_str_t *strings;
+    trace_ctx_t trace;
+    /* Every inbound field; the strings belong to MHD and live as long as
+     * the request. */
+    upcall_header_t *inbound;
+    size_t ninbound;
+    size_t inbound_cap;
+    const char *unsafe_field; /* a field whose value has CR, LF or NUL */
+    bool inbound_nomem;
 };
 
 
@@ -145,7 +174,10 @@ static enum MHD_Result queue_answer(req_t *r)
         MHD_add_response_header(
             resp, r->status == 405 ? "Allow" : "Tutti-Partial", r->extra.data);
     }
-    if (r->w->draining || r->close_after) {
+    if (r->retry_after) {
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    }
+    if (r->w->draining || r->close_after || lifecycle_draining()) {
         MHD_add_response_header(resp, "Connection", "close");
     }
     r->queued = true;
@@ -173,6 +205,8 @@ static void unlink_inflight(req_t *r)
 
 static void req_free(req_t *r)
 {
+    worker_config_release(r->wc);
+    free(r->inbound);
     buf_free(&r->match.storage);
     buf_free(&r->body);
     buf_free(&r->extra);
@@ -234,6 +268,9 @@ static void on_fanout_answer(fanout_t *fo, void *arg)
     r->state = REQ_ANSWERED;
     r->status = fanout_status(fo);
     r->answer = fanout_take_body(fo, &r->answer_len);
+    /* A 503 other than the shutdown one comes from a bulkhead
+     * (max_concurrent_calls), which frees up as calls end. */
+    r->retry_after = r->status == 503 && fanout_cause(fo) != CAUSE_SHUTDOWN;
     const char *partial = fanout_partial(fo);
     if (partial[0] != '\0') {
         buf_append_str(&r->extra, partial);
@@ -327,9 +364,65 @@ static const char *lookup_query(void *arg, const char *name)
 }
 
 
+/* The X-Forwarded-* and tracestate values of one request's calls. */
+typedef struct policy_values_s {
+    buf_t forwarded_for;
+    buf_t proto;
+    buf_t host;
+    buf_t tracestate;
+} policy_values_t;
+
+
+/* Fills |hr| for the header policy of |r|'s calls; the strings are in
+ * |pv|, which the caller frees. Returns 0 or TE_NOMEM. */
+static int prepare_policy(req_t *r, headers_request_t *hr, policy_values_t *pv)
+{
+    const config_t *cfg = r->wc->cfg;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr *peer = ci != NULL ? ci->client_addr : NULL;
+    char peer_text[64];
+
+    headers_peer_text(peer, peer_text, sizeof(peer_text));
+    bool trusted =
+        headers_cidr_match(cfg->trusted_proxies, cfg->ntrusted_proxies, peer);
+    int rc = headers_forwarded(r->inbound, r->ninbound, peer_text, trusted,
+                               &pv->forwarded_for, &pv->proto, &pv->host);
+    /* tracestate belongs to the traceparent it came with, so a trace
+     * started here carries none (W3C Trace Context, 3.3). */
+    int found = 0;
+    if (rc == 0 && r->trace.continued) {
+        found = headers_join(r->inbound, r->ninbound, "tracestate",
+                             &pv->tracestate);
+    }
+    if (rc != 0 || found < 0) {
+        return TE_NOMEM;
+    }
+    *hr = (headers_request_t){
+        .inbound = r->inbound,
+        .ninbound = r->ninbound,
+        .forwarded_for = pv->forwarded_for.data,
+        .forwarded_proto = pv->proto.data,
+        .forwarded_host = pv->host.data,
+        .tracestate = found > 0 ? pv->tracestate.data : NULL,
+    };
+    return 0;
+}
+
+
 static void start_fanout(req_t *r)
 {
     worker_t *w = r->w;
+    headers_request_t hr;
+    policy_values_t pv = {0};
+    if (r->inbound_nomem || prepare_policy(r, &hr, &pv) != 0) {
+        answer_simple(r, 500, "internal", "out of memory");
+        buf_free(&pv.forwarded_for);
+        buf_free(&pv.proto);
+        buf_free(&pv.host);
+        buf_free(&pv.tracestate);
+        return;
+    }
     fanout_request_t fr = {
         .route = r->route,
         .values = r->match.values,
@@ -342,9 +435,19 @@ static void start_fanout(req_t *r)
             r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE),
         .start_ns = r->start_ns,
         .budget_ms = r->budget_ms,
-        .max_body = w->cfg->max_response_body_bytes,
+        .max_body = r->wc->cfg->max_response_body_bytes,
+        .metrics = w->metrics,
+        .trace = &r->trace,
+        .headers = &hr,
+        .secret_headers = r->wc->cfg->secret_headers,
+        .nsecret_headers = r->wc->cfg->nsecret_headers,
+        .services = r->wc->table,
     };
     r->fo = fanout_start(&w->loop, w->up, &fr, on_fanout_answer, r);
+    buf_free(&pv.forwarded_for);
+    buf_free(&pv.proto);
+    buf_free(&pv.host);
+    buf_free(&pv.tracestate);
     if (r->fo == NULL) {
         answer_simple(r, 500, "internal", "out of memory");
         return;
@@ -436,7 +539,7 @@ static bool reject_ambiguous_framing(req_t *r)
 
 static void route_request(req_t *r, const char *url)
 {
-    const config_t *cfg = r->w->cfg;
+    const config_t *cfg = r->wc->cfg;
     char msg[256];
 
     router_result_t rr =
@@ -492,6 +595,116 @@ static void route_request(req_t *r, const char *url)
 }
 
 
+/* Takes a slot of max_in_flight for |r|, or answers 503 at once. The
+ * slot is taken before the limit is checked, so that two workers can
+ * never both take the last one. */
+static bool admit_request(req_t *r)
+{
+    long max = (long)r->w->cfg->max_in_flight;
+    if (atomic_fetch_add_explicit(&requests_in_flight, 1,
+                                  memory_order_relaxed) < max) {
+        r->holds_slot = true;
+        return true;
+    }
+    atomic_fetch_sub_explicit(&requests_in_flight, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&requests_shed, 1, memory_order_relaxed);
+
+    /* Not answer_simple: its log line per request would add to the load
+     * being shed. The access line records the 503. */
+    char msg[160];
+    snprintf(msg, sizeof(msg),
+             "the gateway is at its max_in_flight of %ld requests; retry "
+             "later",
+             max);
+    r->state = REQ_ANSWERED;
+    r->status = 503;
+    r->retry_after = true;
+    r->answer = aggregate_simple_error("overloaded", msg, &r->answer_len);
+    return false;
+}
+
+
+/* MHD_KeyValueIterator: adds the length of one query argument, with its
+ * "?" or "&" and "=", to the size_t at |cls|. The arguments are kept as
+ * sent (server_keep_escaped), so the sum is the query's length. */
+static enum MHD_Result on_query_argument(void *cls, enum MHD_ValueKind kind,
+                                         const char *key, const char *value)
+{
+    size_t *len = cls;
+    *len += 1 + strlen(key) + (value != NULL ? 1 + strlen(value) : 0);
+    return MHD_YES;
+}
+
+
+/* Answers 414 when the path and query exceed max_url_bytes. A request
+ * line that does not fit in max_header_bytes never gets here: MHD
+ * answers it 414 itself. */
+static bool reject_long_url(req_t *r, const char *url)
+{
+    size_t len = strlen(url);
+    size_t max = (size_t)r->w->cfg->max_url_bytes;
+    MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, on_query_argument,
+                              &len);
+    if (len <= max) {
+        return false;
+    }
+    char msg[160];
+    snprintf(msg, sizeof(msg),
+             "the URL of %zu bytes is longer than the limit of %zu bytes", len,
+             max);
+    answer_simple(r, 414, "uri_too_long", msg);
+    return true;
+}
+
+
+/* MHD_KeyValueIteratorN over the request headers: records each field
+ * and the first whose value contains CR, LF or NUL. libmicrohttpd 0.9.75
+ * passes a bare CR inside a value through to the application, and ends a
+ * value at a NUL, so only CR can be seen here in practice. */
+static enum MHD_Result on_inbound_field(void *cls, enum MHD_ValueKind kind,
+                                        const char *key, size_t key_size,
+                                        const char *value, size_t value_size)
+{
+    req_t *r = cls;
+    if (value == NULL) {
+        value = "";
+        value_size = 0;
+    }
+    if (r->unsafe_field == NULL && !headers_value_safe(value, value_size)) {
+        r->unsafe_field = key;
+    }
+    if (r->ninbound == r->inbound_cap) {
+        size_t cap = r->inbound_cap > 0 ? 2 * r->inbound_cap : 16;
+        upcall_header_t *items = realloc(r->inbound, cap * sizeof(*items));
+        if (items == NULL) {
+            r->inbound_nomem = true;
+            return MHD_NO;
+        }
+        r->inbound = items;
+        r->inbound_cap = cap;
+    }
+    r->inbound[r->ninbound++] = (upcall_header_t){key, value};
+    return MHD_YES;
+}
+
+
+/* Answers 400 when an inbound field value contains CR, LF or NUL, which
+ * could end a field early if the value were copied onto a call. */
+static bool reject_unsafe_field(req_t *r)
+{
+    if (r->unsafe_field == NULL) {
+        return false;
+    }
+    char msg[200];
+    snprintf(msg, sizeof(msg),
+             "invalid value of header %.100s: it contains CR, LF or NUL",
+             r->unsafe_field);
+    r->close_after = true;
+    answer_simple(r, 400, "bad_request", msg);
+    return true;
+}
+
+
 static req_t *req_new(worker_t *w, struct MHD_Connection *conn, const char *url,
                       const char *method)
 {
@@ -500,11 +713,15 @@ static req_t *req_new(worker_t *w, struct MHD_Connection *conn, const char *url,
         return NULL;
     }
     r->w = w;
+    r->wc = worker_config_hold(w);
     r->conn = conn;
     r->start_ns = uv_hrtime();
     r->path = strdup(url);
     snprintf(r->method, sizeof(r->method), "%s", method);
     set_request_id(r);
+    MHD_get_connection_values_n(conn, MHD_HEADER_KIND, on_inbound_field, r);
+    trace_begin(&r->trace,
+                headers_single(r->inbound, r->ninbound, "traceparent"));
 
     r->next = w->inflight;
     if (w->inflight != NULL) {
@@ -512,6 +729,9 @@ static req_t *req_new(worker_t *w, struct MHD_Connection *conn, const char *url,
     }
     w->inflight = r;
     w->ninflight++;
+    if (w->metrics != NULL) {
+        metrics_request_started(w->metrics);
+    }
     return r;
 }
 
@@ -530,7 +750,8 @@ enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
             return MHD_NO;
         }
         *con_cls = r;
-        if (!reject_ambiguous_framing(r)) {
+        if (admit_request(r) && !reject_long_url(r, url) &&
+            !reject_ambiguous_framing(r) && !reject_unsafe_field(r)) {
             route_request(r, url);
         }
         if (r->state == REQ_ANSWERED) {
@@ -547,7 +768,7 @@ enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
         /* Past the limit the rest of the body is read and dropped, and the
          * 413 goes out once the body has ended: libmicrohttpd 0.9.75 sends
          * no answer queued while a chunked body is still arriving. */
-        size_t max = w->cfg->max_request_body_bytes;
+        size_t max = r->wc->cfg->max_request_body_bytes;
         if (!r->body_too_large && r->body.len + *upload_data_size > max) {
             r->body_too_large = true;
             buf_free(&r->body);
@@ -563,7 +784,7 @@ enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
         char msg[160];
         snprintf(msg, sizeof(msg),
                  "request body is larger than the limit of %zu bytes",
-                 w->cfg->max_request_body_bytes);
+                 r->wc->cfg->max_request_body_bytes);
         r->close_after = true;
         answer_simple(r, 413, "payload_too_large", msg);
         return queue_answer(r);
@@ -578,6 +799,24 @@ enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
 }
 
 
+/* Adds the request's trace id, the gateway's span id and, for a trace
+ * continued from the client, the client's span id. */
+static void add_trace_fields(json_t *f, const trace_ctx_t *trace)
+{
+    char trace_id[TRACE_ID_HEX];
+    char span_id[TRACE_SPAN_HEX];
+
+    trace_hex(trace->trace_id, TRACE_ID_LEN, trace_id);
+    json_object_set_new(f, "trace_id", json_string(trace_id));
+    trace_hex(trace->span_id, TRACE_SPAN_LEN, span_id);
+    json_object_set_new(f, "span_id", json_string(span_id));
+    if (trace->continued) {
+        trace_hex(trace->parent_id, TRACE_SPAN_LEN, span_id);
+        json_object_set_new(f, "parent_span_id", json_string(span_id));
+    }
+}
+
+
 static void log_access(req_t *r)
 {
     uint64_t now = uv_hrtime();
@@ -586,6 +825,9 @@ static void log_access(req_t *r)
                   r->path != NULL ? r->path : "", "route",
                   r->route != NULL ? r->route->path : NULL, "status", r->status,
                   "duration_ms", (double)(now - r->start_ns) / 1e6);
+    if (f != NULL) {
+        add_trace_fields(f, &r->trace);
+    }
     if (f != NULL && r->fo != NULL) {
         cancel_cause_t cause = fanout_cause(r->fo);
         if (cause != CAUSE_NONE) {
@@ -625,14 +867,58 @@ void server_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         fanout_free(r->fo);
         r->fo = NULL;
     }
+    if (w->metrics != NULL) {
+        metrics_request_done(w->metrics, r->method, r->route, r->status,
+                             uv_hrtime() - r->start_ns);
+    }
     unlink_inflight(r);
     w->ninflight--;
+    if (r->holds_slot) {
+        atomic_fetch_sub_explicit(&requests_in_flight, 1, memory_order_relaxed);
+    }
     r->completed = true;
     close_client_watch(r);
     if (!r->poll_open) {
         req_free(r);
     }
     worker_request_done(w);
+}
+
+
+static const char *req_state_name(req_state_t state)
+{
+    switch (state) {
+    case REQ_BODY:
+        return "reading_body";
+    case REQ_RUNNING:
+        return "running";
+    default:
+        return "answered";
+    }
+}
+
+
+json_t *server_inflight_json(worker_t *w)
+{
+    uint64_t now = uv_hrtime();
+    json_t *list = json_array();
+
+    for (req_t *r = w->inflight; r != NULL && list != NULL; r = r->next) {
+        json_t *item =
+            json_pack("{s:s, s:i, s:s, s:s, s:s?, s:s, s:I}", "request_id",
+                      r->request_id, "worker", w->id, "method", r->method,
+                      "path", r->path != NULL ? r->path : "", "route",
+                      r->route != NULL ? r->route->path : NULL, "state",
+                      req_state_name(r->state), "age_ms",
+                      (json_int_t)((now - r->start_ns) / 1000000));
+        if (item != NULL) {
+            json_object_set_new(item, "calls",
+                                r->fo != NULL ? fanout_inflight_json(r->fo, now)
+                                              : json_array());
+        }
+        json_array_append_new(list, item);
+    }
+    return list;
 }
 
 
@@ -645,4 +931,50 @@ void server_abort_all(worker_t *w)
             fanout_abort(r->fo, CAUSE_SHUTDOWN);
         }
     }
+}
+
+
+void server_on_connection(void *cls, struct MHD_Connection *conn,
+                          void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        atomic_fetch_add_explicit(&connections_open, 1, memory_order_relaxed);
+    } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        atomic_fetch_sub_explicit(&connections_open, 1, memory_order_relaxed);
+    }
+}
+
+
+bool server_admit_connection(const worker_t *w)
+{
+    long open = atomic_load_explicit(&connections_open, memory_order_relaxed);
+    if (open < (long)w->cfg->max_connections_inbound) {
+        return true;
+    }
+    server_count_refused(false);
+    return false;
+}
+
+
+void server_count_refused(bool at_fd_limit)
+{
+    atomic_fetch_add_explicit(at_fd_limit ? &connections_refused_fd
+                                          : &connections_refused_limit,
+                              1, memory_order_relaxed);
+}
+
+
+void server_get_overload_stats(server_overload_stats_t *out)
+{
+    long n = atomic_load_explicit(&requests_in_flight, memory_order_relaxed);
+    out->requests_in_flight = n > 0 ? (uint64_t)n : 0;
+    out->requests_shed =
+        atomic_load_explicit(&requests_shed, memory_order_relaxed);
+    n = atomic_load_explicit(&connections_open, memory_order_relaxed);
+    out->connections_open = n > 0 ? (uint64_t)n : 0;
+    out->connections_refused_limit =
+        atomic_load_explicit(&connections_refused_limit, memory_order_relaxed);
+    out->connections_refused_fd =
+        atomic_load_explicit(&connections_refused_fd, memory_order_relaxed);
 }

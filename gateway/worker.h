@@ -13,14 +13,37 @@
 #include <uv.h>
 
 #include "config.h"
+#include "metrics.h"
+#include "shared_config.h"
 #include "transport.h"
 #include "upstream.h"
 
 typedef struct req_s req_t;
 
+/* The configuration as one worker uses it: a shared configuration and the
+ * dispatcher's service table built from it. The worker holds its current
+ * one, and each request holds the one it started under until it is freed,
+ * so a reload never changes the routes, limits or services of a request
+ * in flight. Used on the worker's thread only. */
+typedef struct worker_config_s {
+    shared_config_t *shared;
+    const config_t *cfg; /* shared->cfg */
+    upstream_table_t *table;
+    size_t users; /* requests holding it, plus one while it is current */
+} worker_config_t;
+
 typedef struct worker_s {
     int id;
+    /* The configuration that new requests use: current->cfg. Code that
+     * serves one request reads the configuration that request holds. */
     const config_t *cfg;
+    /* Set by the caller before worker_start; the worker takes its own
+     * reference. */
+    shared_config_t *initial;
+    worker_config_t *current;
+    /* Handed over by worker_reconfigure; on_reload takes it. */
+    _Atomic(shared_config_t *) pending;
+    uv_async_t reload_async;
     int listen_fd;
     uv_thread_t thread;
     uv_loop_t loop;
@@ -30,13 +53,21 @@ typedef struct worker_s {
     uv_async_t stop_async;
     uv_timer_t grace_timer;
     uv_timer_t finish_timer;
+    /* tutti accepts on listen_fd itself and hands each socket to MHD
+     * (MHD_add_connection), so that it can refuse connections quickly at
+     * max_connections_inbound and at the file-descriptor limit. */
+    uv_poll_t accept_poll;
+    uv_timer_t accept_timer; /* resumes accepting after a pause at EMFILE */
+    bool accepting;          /* accept_poll is started */
+    int spare_fd; /* /dev/null, closed to accept and close one connection
+                   * when the process is out of descriptors; -1 if lost */
+    uint64_t fd_limit_logged_ms; /* uv_now() of the last EMFILE warning */
+    uint64_t fd_limit_refused;   /* connections refused since then */
     upstream_t *up;
-    upstream_service_t *services;
-    /* One per service, NULL for cleartext services. Created once by the
-     * main thread, shared read-only by every worker and freed after they
-     * are joined. */
-    tls_context_t *const *tls;
     req_t *inflight; /* requests between arrival and completion */
+    /* Written by this worker only, read by the admin listener. */
+    metrics_worker_t *metrics;
+    struct admin_worker_s *admin; /* heartbeat and in-flight snapshots */
     size_t ninflight;
     bool draining; /* stop requested: answers carry Connection: close */
     bool grace_over;
@@ -48,9 +79,28 @@ typedef struct worker_s {
     int start_error;
 } worker_t;
 
-/* Prepares |w| (id, cfg, tls, listen_fd, exited set by the caller) and starts
- * its thread. Returns 0 or a TE_* code with the reason logged. */
+/* Prepares |w| (id, initial, listen_fd, exited set by the caller) and
+ * starts its thread. Returns 0 or a TE_* code with the reason logged. */
 int worker_start(worker_t *w);
+
+/* Hands |sc| to the worker, which takes its own reference and makes it
+ * current for new requests on its next loop iteration. Services whose
+ * definition did not change keep their connections. Safe from any thread
+ * until worker_stop; a configuration handed over earlier and not yet
+ * applied is dropped. */
+void worker_reconfigure(worker_t *w, shared_config_t *sc);
+
+/* Returns the current configuration with a reference for one request.
+ * Worker thread only. */
+worker_config_t *worker_config_hold(worker_t *w);
+
+/* Drops a reference from worker_config_hold. Worker thread only, or after
+ * worker_join. */
+void worker_config_release(worker_config_t *wc);
+
+/* Stops accepting connections and closes the listening socket; the
+ * connections already accepted carry on. Worker thread only. */
+void worker_stop_accepting(worker_t *w);
 
 /* Asks the worker to drain and stop; safe from any thread. */
 void worker_stop(worker_t *w);

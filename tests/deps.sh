@@ -10,6 +10,8 @@ packages=(
     libjansson-dev libuv1-dev libssl-dev libcmocka-dev
     nginx nghttp2-server nghttp2-client dnsmasq-base
     curl python3 python3-pytest procps iproute2 clang-format
+    # promtool, which checks the admin listener's /metrics output.
+    prometheus
     # Sanitizer runtimes for gcc 12. gcc-12 already depends on them on amd64,
     # but naming them catches an image where they were removed.
     libasan8 libubsan1 libtsan2

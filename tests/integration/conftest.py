@@ -38,6 +38,10 @@ EVENT_WAIT_S = 2.0
 # running; shutdown tests set their own.
 DEFAULT_GRACE_MS = 2000
 
+# Tests stop accepting as soon as the drain starts (the gateway's default
+# of 5000 ms gives load balancers time); drain tests set their own.
+DEFAULT_DRAIN_DELAY_MS = 0
+
 
 def binary(env_name, default):
     path = Path(os.environ.get(env_name, default))
@@ -536,6 +540,7 @@ def write_config(tmp_path, dnsmasq):
             "listen": "127.0.0.1:8080",
             "resolver": {"servers": [f"127.0.0.1:{dnsmasq}"]},
             "shutdown_grace_ms": DEFAULT_GRACE_MS,
+            "drain_delay_ms": DEFAULT_DRAIN_DELAY_MS,
             "services": services,
             "routes": routes,
         }

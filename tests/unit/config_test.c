@@ -2,6 +2,7 @@
  * defaults, and the exact text of every kind of problem message. */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -121,8 +122,9 @@ static const char EXAMPLE[] =
 #define DEFAULTS_KEY_LIST                                                      \
     "timeout_ms, max_connections, connect_timeout_ms, idle_timeout_ms, "       \
     "ping_interval_ms, dns_min_ttl_ms, dns_max_ttl_ms, dns_max_stale_ms, "     \
-    "eject_after, eject_base_ms, eject_max_ms, ca_file, cert_file, key_file, " \
-    "server_name, tls_verify"
+    "eject_after, eject_base_ms, eject_max_ms, max_concurrent_calls, "         \
+    "ca_file, cert_file, key_file, server_name, tls_verify, "                  \
+    "forward_headers, set_headers"
 
 
 static void test_config_example_top_level(void **state)
@@ -228,6 +230,7 @@ static void test_config_defaults(void **state)
     assert_int_equal(cfg->max_request_body_bytes, 1024 * 1024);
     assert_int_equal(cfg->max_response_body_bytes, 8 * 1024 * 1024);
     assert_int_equal(cfg->shutdown_grace_ms, 25000);
+    assert_int_equal(cfg->drain_delay_ms, 5000);
     assert_null(cfg->resolver_servers);
 
     const service_t *svc = &cfg->services[0];
@@ -249,6 +252,7 @@ static void test_config_optional_values(void **state)
 {
     config_t *cfg =
         parse_ok("{'listen': '[::1]:9000', 'shutdown_grace_ms': 0,"
+                 " 'drain_delay_ms': 0,"
                  " 'resolver': {'servers': ['127.0.0.1:5353', '[::1]:53', "
                  "'10.0.0.1', '::2']},"
                  " 'services': {'v6': {'url': 'h2c://[::1]:9201/'}},"
@@ -259,6 +263,7 @@ static void test_config_optional_values(void **state)
     assert_string_equal(cfg->listen_host, "::1");
     assert_int_equal(cfg->listen_port, 9000);
     assert_int_equal(cfg->shutdown_grace_ms, 0);
+    assert_int_equal(cfg->drain_delay_ms, 0);
     assert_string_equal(cfg->resolver_servers,
                         "127.0.0.1:5353,[::1]:53,10.0.0.1,[::2]");
     assert_string_equal(cfg->services[0].host, "::1");
@@ -281,6 +286,46 @@ static void test_config_listen_localhost(void **state)
 }
 
 
+static void test_config_admin_listen(void **state)
+{
+    config_t *cfg =
+        parse_ok("{'admin': {'listen': '127.0.0.1:9901'}, " MINIMAL_SERVICES
+                 ", " MINIMAL_ROUTES "}");
+
+    assert_string_equal(cfg->admin_host, "127.0.0.1");
+    assert_int_equal(cfg->admin_port, 9901);
+    config_free(cfg);
+}
+
+
+static void test_config_admin_absent(void **state)
+{
+    config_t *cfg = parse_ok("{" MINIMAL_SERVICES ", " MINIMAL_ROUTES "}");
+
+    assert_null(cfg->admin_host);
+    config_free(cfg);
+}
+
+
+static void test_config_admin_invalid(void **state)
+{
+    const char *const expected[] = {
+        "gw.json: admin.port: unknown key; expected one of listen",
+        "gw.json: admin.listen: invalid address \"9901\": expected "
+        "HOST:PORT, where HOST is an IPv4 address, localhost or [IPv6]",
+        NULL,
+    };
+    expect_problems("{'admin': {'listen': '9901', 'port': 1}, " MINIMAL_SERVICES
+                    ", " MINIMAL_ROUTES "}",
+                    expected);
+    expect_problem("{'admin': {}, " MINIMAL_SERVICES ", " MINIMAL_ROUTES "}",
+                   "gw.json: admin: missing key \"listen\"");
+    expect_problem("{'admin': '127.0.0.1:9901', " MINIMAL_SERVICES
+                   ", " MINIMAL_ROUTES "}",
+                   "gw.json: admin: expected an object, got string");
+}
+
+
 static void test_config_unknown_key(void **state)
 {
     expect_problem(
@@ -297,9 +342,12 @@ static void test_config_unknown_key_top_level(void **state)
     expect_problem("{'lisen': 'x', " MINIMAL_SERVICES
                    ", 'routes': [" MINIMAL_ROUTE "]}",
                    "gw.json: lisen: unknown key; expected one of listen, "
-                   "services, routes, defaults, resolver, "
+                   "admin, services, routes, defaults, resolver, "
                    "max_request_body_bytes, max_response_body_bytes, "
-                   "shutdown_grace_ms");
+                   "shutdown_grace_ms, drain_delay_ms, max_in_flight, "
+                   "max_header_bytes, "
+                   "max_url_bytes, max_connections_inbound, "
+                   "client_timeout_ms, trusted_proxies, secret_headers");
 }
 
 
@@ -331,13 +379,16 @@ static void test_config_wrong_type_kinds(void **state)
         "boolean",
         "gw.json: shutdown_grace_ms: expected a non-negative integer, got "
         "null",
+        "gw.json: drain_delay_ms: expected a non-negative integer, got "
+        "string",
         NULL,
     };
-    expect_problems("{'max_request_body_bytes': 1.5,"
-                    " 'max_response_body_bytes': true,"
-                    " 'shutdown_grace_ms': null, " MINIMAL_SERVICES
-                    ", 'routes': [" MINIMAL_ROUTE "]}",
-                    expected);
+    expect_problems(
+        "{'max_request_body_bytes': 1.5,"
+        " 'max_response_body_bytes': true,"
+        " 'shutdown_grace_ms': null, 'drain_delay_ms': '5s', " MINIMAL_SERVICES
+        ", 'routes': [" MINIMAL_ROUTE "]}",
+        expected);
 }
 
 
@@ -1276,6 +1327,254 @@ static void test_config_integer_at_limit(void **state)
 }
 
 
+static void test_config_overload_defaults(void **state)
+{
+    config_t *cfg = parse_ok("{" MINIMAL_SERVICES ", " MINIMAL_ROUTES "}");
+
+    assert_int_equal(cfg->max_in_flight, 10000);
+    assert_int_equal(cfg->max_header_bytes, 32768);
+    assert_int_equal(cfg->max_url_bytes, 8192);
+    assert_int_equal(cfg->max_connections_inbound, 10000);
+    assert_int_equal(cfg->client_timeout_ms, 30000);
+    const service_t *svc = &cfg->services[0];
+    assert_int_equal(svc->options.max_concurrent_calls, -1);
+    assert_non_null(svc->active_calls);
+    assert_int_equal(atomic_load(svc->active_calls), 0);
+    config_free(cfg);
+}
+
+
+static void test_config_overload_values(void **state)
+{
+    config_t *cfg =
+        parse_ok("{'max_in_flight': 5, 'max_header_bytes': 4096,"
+                 " 'max_url_bytes': 4096, 'max_connections_inbound': 64,"
+                 " 'client_timeout_ms': 1500,"
+                 " 'defaults': {'max_concurrent_calls': 7},"
+                 " 'services': {'a': {'url': 'http://a'},"
+                 " 'b': {'url': 'http://b', 'max_concurrent_calls': 2}},"
+                 " 'routes': [{'method': 'GET', 'path': '/x', 'calls': ["
+                 "{'name': 'a', 'service': 'a', 'path': '/a'}]}]}");
+
+    assert_int_equal(cfg->max_in_flight, 5);
+    assert_int_equal(cfg->max_header_bytes, 4096);
+    assert_int_equal(cfg->max_url_bytes, 4096);
+    assert_int_equal(cfg->max_connections_inbound, 64);
+    assert_int_equal(cfg->client_timeout_ms, 1500);
+    assert_int_equal(cfg->services[0].options.max_concurrent_calls, 7);
+    assert_int_equal(cfg->services[1].options.max_concurrent_calls, 2);
+    assert_ptr_not_equal(cfg->services[0].active_calls,
+                         cfg->services[1].active_calls);
+    config_free(cfg);
+}
+
+
+static void test_config_overload_problems(void **state)
+{
+    const char *const expected[] = {
+        "gw.json: max_in_flight: expected a positive integer, got 0",
+        "gw.json: max_connections_inbound: expected a positive integer, got "
+        "string",
+        "gw.json: client_timeout_ms: expected a positive integer, got -1",
+        "gw.json: max_header_bytes: expected an integer of at least 4096, got "
+        "1024",
+        "gw.json: defaults.max_concurrent_calls: expected a positive "
+        "integer, got 0",
+        "gw.json: services.users.max_concurrent_calls: expected a positive "
+        "integer, got boolean",
+        NULL,
+    };
+    expect_problems(
+        "{'max_in_flight': 0, 'max_connections_inbound': '10',"
+        " 'client_timeout_ms': -1, 'max_header_bytes': 1024,"
+        " 'max_url_bytes': 100, 'defaults': {'max_concurrent_calls': 0},"
+        " 'services': {'users': {'url': 'http://u',"
+        " 'max_concurrent_calls': true}}, " MINIMAL_ROUTES "}",
+        expected);
+}
+
+
+static void test_config_url_limit_above_header_limit(void **state)
+{
+    expect_problem("{'max_url_bytes': 40000, " MINIMAL_SERVICES
+                   ", " MINIMAL_ROUTES "}",
+                   "gw.json: max_url_bytes: 40000 is greater than "
+                   "max_header_bytes 32768, which the request line must fit "
+                   "in; lower max_url_bytes or raise max_header_bytes");
+}
+
+
+static void test_config_header_policy_parsed(void **state)
+{
+    config_t *cfg = parse_ok(
+        "{'trusted_proxies': ['10.0.0.0/8', '::1'],"
+        " 'secret_headers': ['X-Api-Key'],"
+        " 'defaults': {'forward_headers': ['X-Tenant']},"
+        " 'services': {"
+        "  'users': {'url': 'http://u', 'forward_headers': ['Authorization'],"
+        "   'set_headers': {'X-User': 'id={user}', 'X-Static': 'v 1'}},"
+        "  'orders': {'url': 'http://o'}},"
+        " 'routes': [{'method': 'GET', 'path': '/d/{user}', 'calls': ["
+        "  {'name': 'a', 'service': 'users', 'path': '/a'},"
+        "  {'name': 'b', 'service': 'orders', 'path': '/b'}]}]}");
+
+    const header_policy_t *users = &cfg->services[0].options.headers;
+    assert_int_equal(users->nforward, 1);
+    assert_string_equal(users->forward[0], "authorization");
+    assert_int_equal(users->nset, 2);
+    assert_string_equal(users->set_names[0], "x-user");
+    assert_string_equal(users->set_texts[0], "id={user}");
+    assert_string_equal(users->set_names[1], "x-static");
+
+    /* "orders" has no keys of its own, so it takes "defaults". */
+    const header_policy_t *orders = &cfg->services[1].options.headers;
+    assert_int_equal(orders->nforward, 1);
+    assert_string_equal(orders->forward[0], "x-tenant");
+    assert_int_equal(orders->nset, 0);
+
+    const call_t *a = &cfg->routes[0].calls[0];
+    assert_int_equal(a->nset_values, 2);
+    assert_int_equal(a->set_values[0].nparts, 2);
+    assert_int_equal(a->set_values[0].parts[1].kind, TPL_PARAM);
+    assert_int_equal(a->set_values[0].parts[1].param_index, 0);
+    assert_int_equal(cfg->routes[0].calls[1].nset_values, 0);
+
+    assert_int_equal(cfg->ntrusted_proxies, 2);
+    assert_int_equal(cfg->trusted_proxies[0].prefix, 8);
+    assert_int_equal(cfg->trusted_proxies[1].prefix, 128);
+    assert_int_equal(cfg->nsecret_headers, 1);
+    assert_string_equal(cfg->secret_headers[0], "x-api-key");
+    config_free(cfg);
+}
+
+
+static void test_config_header_policy_defaults_empty(void **state)
+{
+    config_t *cfg = parse_ok("{" MINIMAL_SERVICES ", " MINIMAL_ROUTES "}");
+
+    assert_int_equal(cfg->services[0].options.headers.nforward, 0);
+    assert_int_equal(cfg->services[0].options.headers.nset, 0);
+    assert_int_equal(cfg->ntrusted_proxies, 0);
+    assert_int_equal(cfg->nsecret_headers, 0);
+    config_free(cfg);
+}
+
+
+static void test_config_header_names_rejected(void **state)
+{
+    static const char *const expected[] = {
+        "gw.json: services.users.forward_headers[0]: invalid header name "
+        "\"X User\": expected an HTTP token of letters, digits and "
+        "!#$%&'*+-.^_`|~",
+        "gw.json: services.users.forward_headers[1]: header \"Connection\" is "
+        "a hop-by-hop field, which is never forwarded; remove it",
+        "gw.json: services.users.forward_headers[2]: header "
+        "\"Proxy-Authorization\" is a hop-by-hop field, which is never "
+        "forwarded; remove it",
+        "gw.json: services.users.forward_headers[3]: header \"X-Request-Id\" "
+        "is set by tutti on every call; remove it",
+        "gw.json: services.users.forward_headers[5]: duplicate header name "
+        "\"x-a\"",
+        "gw.json: services.users.forward_headers[6]: expected a string, got "
+        "integer",
+        "gw.json: services.users.set_headers.Host: header \"Host\" is set by "
+        "tutti on every call; remove it",
+        "gw.json: services.users.set_headers.traceparent: header "
+        "\"traceparent\" is set by tutti on every call; remove it",
+        "gw.json: services.users.set_headers.Keep-Alive: header "
+        "\"Keep-Alive\" is a hop-by-hop field, which is never forwarded; "
+        "remove it",
+        "gw.json: services.users.set_headers.x-a: duplicate header name "
+        "\"x-a\"",
+        NULL,
+    };
+    expect_problems(
+        "{'services': {'users': {'url': 'http://u',"
+        " 'forward_headers': ['X User', 'Connection', 'Proxy-Authorization',"
+        "  'X-Request-Id', 'X-A', 'x-a', 7],"
+        " 'set_headers': {'Host': 'h', 'traceparent': 't', 'Keep-Alive': 'k',"
+        "  'X-A': 'a', 'x-a': 'b'}}}, " MINIMAL_ROUTES "}",
+        expected);
+}
+
+
+static void test_config_header_values_rejected(void **state)
+{
+    static const char *const expected[] = {
+        "gw.json: services.users.forward_headers: expected an array, got "
+        "string",
+        "gw.json: services.users.set_headers.X-A: invalid header value "
+        "\"a\\x0D\\x0AX-Evil: 1\": a header value must not contain CR or LF "
+        "(offset 1), which would end the field early",
+        "gw.json: services.users.set_headers.X-B: invalid header value "
+        "\"b\\x0A\": a header value must not contain CR or LF (offset 1), "
+        "which would end the field early",
+        "gw.json: services.users.set_headers.X-C: expected a string, got "
+        "integer",
+        "gw.json: services.users.set_headers.X-D: invalid header value "
+        "\"{user\": unclosed \"{\" at offset 0",
+        NULL,
+    };
+    expect_problems("{'services': {'users': {'url': 'http://u',"
+                    " 'forward_headers': 'X-Tenant',"
+                    " 'set_headers': {'X-A': 'a\\r\\nX-Evil: 1', 'X-B': 'b\\n',"
+                    "  'X-C': 1, 'X-D': '{user'}}}, " MINIMAL_ROUTES "}",
+                    expected);
+}
+
+
+static void test_config_header_value_unknown_param(void **state)
+{
+    /* The parameter is checked per call, against that call's route. */
+    expect_problem(
+        "{'services': {'users': {'url': 'http://u',"
+        " 'set_headers': {'X-E': 'u={usr}'}}}, " MINIMAL_ROUTES "}",
+        "gw.json: routes[0].calls[0]: set_headers \"x-e\" of service "
+        "\"users\": unknown parameter \"{usr}\"; the route has no "
+        "parameters");
+}
+
+
+static void test_config_header_value_nul_rejected(void **state)
+{
+    /* jansson rejects \u0000 in strings unless asked to allow it. */
+    char *json =
+        to_json("{'services': {'users': {'url': 'http://u',"
+                " 'set_headers': {'X-A': 'a\\u0000b'}}}, " MINIMAL_ROUTES "}");
+    config_errors_t errs = {0};
+    config_t *cfg = NULL;
+
+    assert_int_equal(config_parse("gw.json", json, strlen(json), &cfg, &errs),
+                     TE_INVALID);
+    assert_null(cfg);
+    assert_int_equal(errs.count, 1);
+    assert_non_null(strstr(errs.lines[0], "invalid JSON"));
+    free(json);
+    config_errors_free(&errs);
+}
+
+
+static void test_config_trusted_proxies_rejected(void **state)
+{
+    static const char *const expected[] = {
+        "gw.json: trusted_proxies[0]: invalid network \"10.0.0.0/33\": "
+        "expected an IPv4 or IPv6 address with an optional /BITS prefix "
+        "length, such as 10.0.0.0/8 or fd00::/8",
+        "gw.json: trusted_proxies[1]: invalid network \"proxy.local\": "
+        "expected an IPv4 or IPv6 address with an optional /BITS prefix "
+        "length, such as 10.0.0.0/8 or fd00::/8",
+        "gw.json: trusted_proxies[2]: expected a string, got integer",
+        "gw.json: secret_headers[0]: invalid header name \"X:Key\": expected "
+        "an HTTP token of letters, digits and !#$%&'*+-.^_`|~",
+        NULL,
+    };
+    expect_problems("{" MINIMAL_SERVICES ", " MINIMAL_ROUTES
+                    ", 'trusted_proxies': ['10.0.0.0/33', 'proxy.local', 1],"
+                    " 'secret_headers': ['X:Key', 'Authorization']}",
+                    expected);
+}
+
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1288,6 +1587,9 @@ int main(void)
         cmocka_unit_test(test_config_defaults),
         cmocka_unit_test(test_config_optional_values),
         cmocka_unit_test(test_config_listen_localhost),
+        cmocka_unit_test(test_config_admin_listen),
+        cmocka_unit_test(test_config_admin_absent),
+        cmocka_unit_test(test_config_admin_invalid),
         cmocka_unit_test(test_config_unknown_key),
         cmocka_unit_test(test_config_unknown_key_top_level),
         cmocka_unit_test(test_config_unknown_key_service),
@@ -1342,6 +1644,17 @@ int main(void)
         cmocka_unit_test(test_config_defaults_not_object),
         cmocka_unit_test(test_config_resolver_options),
         cmocka_unit_test(test_config_resolver_problems),
+        cmocka_unit_test(test_config_overload_defaults),
+        cmocka_unit_test(test_config_overload_values),
+        cmocka_unit_test(test_config_overload_problems),
+        cmocka_unit_test(test_config_url_limit_above_header_limit),
+        cmocka_unit_test(test_config_header_policy_parsed),
+        cmocka_unit_test(test_config_header_policy_defaults_empty),
+        cmocka_unit_test(test_config_header_names_rejected),
+        cmocka_unit_test(test_config_header_values_rejected),
+        cmocka_unit_test(test_config_header_value_nul_rejected),
+        cmocka_unit_test(test_config_header_value_unknown_param),
+        cmocka_unit_test(test_config_trusted_proxies_rejected),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

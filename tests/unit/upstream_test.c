@@ -865,6 +865,147 @@ static void test_upstream_cancel_everywhere(void **state)
 }
 
 
+static void test_upstream_bulkhead(void **state)
+{
+    fixture_t *fx = *state;
+    int port = server_start(fx, 0, "127.0.0.2", 0);
+    fx->servers[0].silent = true;
+    const char *records[] = {"--host-record=a.test,127.0.0.2", NULL};
+    dns_start(fx, records);
+    atomic_long active;
+    atomic_init(&active, 0);
+    fx->svc.port = (unsigned)port;
+    fx->svc.active_calls = &active;
+    fx->svc.max_concurrent_calls = 2;
+    up_start(fx);
+
+    result_t r[4];
+    call_start(fx, &r[0]);
+    call_start(fx, &r[1]);
+    call_start(fx, &r[2]);
+    assert_int_equal(atomic_load(&active), 2);
+    call_wait(fx, &r[2]);
+    assert_int_equal(r[2].err, TE_OVERLOADED);
+    assert_non_null(strstr(r[2].call.errmsg, "max_concurrent_calls of 2"));
+    assert_int_equal(r[0].done, 0);
+    assert_int_equal(r[1].done, 0);
+
+    /* A cancelled call gives its slot back, and a rejected call that is
+     * cancelled before its failure is reported gives back nothing. */
+    upstream_cancel(fx->up, &r[0].call);
+    assert_int_equal(atomic_load(&active), 1);
+    call_start(fx, &r[3]);
+    assert_int_equal(atomic_load(&active), 2);
+    call_start(fx, &r[2]);
+    upstream_cancel(fx->up, &r[2].call);
+    assert_int_equal(atomic_load(&active), 2);
+    upstream_cancel(fx->up, &r[1].call);
+    upstream_cancel(fx->up, &r[3].call);
+    assert_int_equal(atomic_load(&active), 0);
+
+    upstream_stats_t st;
+    upstream_get_stats(fx->up, &st);
+    assert_int_equal(st.overloaded, 2);
+}
+
+
+/* Reconfigures the dispatcher with |svc| as its only service and returns
+ * the counts. The definition is copied first, so that no pointer is
+ * shared with the one the dispatcher was created from. */
+static upstream_reconfigure_t reconfigure(fixture_t *fx,
+                                          const upstream_service_t *svc)
+{
+    char err[256];
+    char name[32];
+    char host[32];
+    upstream_service_t copy = *svc;
+    upstream_reconfigure_t counts = {0};
+
+    snprintf(name, sizeof(name), "%s", svc->name);
+    snprintf(host, sizeof(host), "%s", svc->host);
+    copy.name = name;
+    copy.host = host;
+    if (upstream_reconfigure(fx->up, &copy, 1, &counts, err, sizeof(err)) !=
+        0) {
+        fail_msg("upstream_reconfigure: %s", err);
+    }
+    return counts;
+}
+
+
+static void test_upstream_reconfigure_keeps_same(void **state)
+{
+    fixture_t *fx = *state;
+    int port = server_start(fx, 0, "127.0.0.2", 0);
+    const char *records[] = {"--host-record=a.test,127.0.0.2", NULL};
+    dns_start(fx, records);
+    fx->svc.port = (unsigned)port;
+    up_start(fx);
+    calls_ok(fx, 3);
+    assert_int_equal(upstream_connections(fx->up), 1);
+
+    upstream_reconfigure_t counts = reconfigure(fx, &fx->svc);
+    assert_int_equal(counts.kept, 1);
+    assert_int_equal(counts.added, 0);
+    assert_int_equal(counts.removed, 0);
+    calls_ok(fx, 3);
+    run_for(fx, 50);
+    assert_int_equal(fx->servers[0].requests, 6);
+    assert_int_equal(fx->servers[0].open_conns, 1);
+    assert_int_equal(upstream_connections(fx->up), 1);
+}
+
+
+static void test_upstream_reconfigure_replaces_changed(void **state)
+{
+    fixture_t *fx = *state;
+    int port = server_start(fx, 0, "127.0.0.2", 0);
+    const char *records[] = {"--host-record=a.test,127.0.0.2", NULL};
+    dns_start(fx, records);
+    fx->svc.port = (unsigned)port;
+    up_start(fx);
+    calls_ok(fx, 1);
+    upstream_table_t *old = upstream_table_acquire(fx->up);
+
+    upstream_service_t changed = fx->svc;
+    changed.pool.max_connections = 7;
+    upstream_reconfigure_t counts = reconfigure(fx, &changed);
+    assert_int_equal(counts.kept, 0);
+    assert_int_equal(counts.added, 1);
+    assert_int_equal(counts.removed, 1);
+
+    /* The old table still works on the old state and its connection. */
+    result_t r;
+    memset(&r, 0, sizeof(r));
+    r.fx = fx;
+    r.call.method = "GET";
+    r.call.path = "/";
+    r.call.authority = "svc.test";
+    r.call.max_body = 1024;
+    r.call.on_done = on_call_done;
+    r.call.data = &r;
+    r.started_ns = uv_hrtime();
+    r.call.deadline_ns = r.started_ns + 3000 * 1000000ULL;
+    upstream_table_start(old, 0, &r.call);
+    call_wait(fx, &r);
+    buf_free(&r.call.body_out);
+    assert_int_equal(r.err, 0);
+    assert_int_equal(fx->servers[0].open_conns, 1);
+
+    /* The current table has a new state, with its own connection. */
+    calls_ok(fx, 1);
+    run_for(fx, 50);
+    assert_int_equal(fx->servers[0].open_conns, 2);
+
+    /* Releasing the old table closes the old state's connection. */
+    upstream_table_release(old);
+    run_for(fx, 100);
+    assert_int_equal(fx->servers[0].open_conns, 1);
+    assert_int_equal(upstream_connections(fx->up), 1);
+    assert_int_equal(fx->servers[0].requests, 3);
+}
+
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -890,8 +1031,14 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_upstream_connect_fallback, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_upstream_bulkhead, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_upstream_cancel_everywhere, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_upstream_reconfigure_keeps_same,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            test_upstream_reconfigure_replaces_changed, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
