@@ -342,7 +342,14 @@ def test_readyz_503_while_draining(gateway, faultd):
     gw = admin_gateway(gateway, {"h1": service(faultd.h1_url)},
                        [route("/x", [call("a", "h1", "/a")])],
                        drain_delay_ms=3000)
-    assert admin_get(gw, "/readyz").status == 200
+    # Readiness waits for the service's first resolution, which workers
+    # report on their next heartbeat.
+    ready = admin_get(gw, "/readyz")
+    started = time.monotonic()
+    while ready.status != 200 and time.monotonic() - started < 3.0:
+        time.sleep(0.05)
+        ready = admin_get(gw, "/readyz")
+    assert ready.status == 200, ready
     gw.proc.signal(signal.SIGTERM)
     signalled_at = time.monotonic()
     resp = admin_get(gw, "/readyz")

@@ -84,7 +84,14 @@ def test_drain_under_load(gateway, faultd, workers):
     with ThreadPoolExecutor(max_workers=IN_FLIGHT) as pool:
         futures = start_slow_requests(pool, gw, faultd, IN_FLIGHT)
         if admin:
-            assert admin_get(admin_port, "/readyz").status == 200
+            # Readiness follows the first resolution on the workers' next
+            # heartbeat.
+            ready = admin_get(admin_port, "/readyz")
+            started = time.monotonic()
+            while ready.status != 200 and time.monotonic() - started < 3.0:
+                time.sleep(0.05)
+                ready = admin_get(admin_port, "/readyz")
+            assert ready.status == 200, ready
         gw.proc.signal(signal.SIGTERM)
         signalled_at = time.monotonic()
 
