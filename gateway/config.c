@@ -473,23 +473,6 @@ static bool is_name(const char *s, const char *extra)
 }
 
 
-static bool is_param_name(const char *s, size_t len)
-{
-    if (len == 0) {
-        return false;
-    }
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        bool alpha = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
-        bool digit = c >= '0' && c <= '9';
-        if (!alpha && c != '_' && !(digit && i > 0)) {
-            return false;
-        }
-    }
-    return true;
-}
-
-
 /* Parses a decimal port of |len| bytes. Returns 0, -1 when it is not a
  * number, or -2 when it is outside 1..65535. */
 static int parse_port(const char *s, size_t len, uint16_t *out)
@@ -1576,7 +1559,7 @@ static bool add_route_seg(parse_ctx_t *ctx, const char *path, const char *text,
         char *name = seg_text + 1;
         size_t name_len = len - 2;
         name[name_len] = '\0';
-        if (!is_param_name(name, name_len)) {
+        if (!template_is_param_name(name, name_len)) {
             report_path(ctx, path, text,
                         "invalid parameter name %s: use a letter or \"_\" "
                         "followed by letters, digits or \"_\"",

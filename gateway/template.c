@@ -38,7 +38,7 @@ static int hex_value(unsigned char c)
 }
 
 
-static bool is_param_name(const char *s, size_t len)
+bool template_is_param_name(const char *s, size_t len)
 {
     if (len == 0) {
         return false;
@@ -139,13 +139,16 @@ static int compile_placeholder(template_t *t, const char *s, size_t len,
         }
         return add_part(t, TPL_QUERY, s + plen, len - plen, -1, in_query);
     }
-    if (!is_param_name(s, len)) {
+    if (!template_is_param_name(s, len)) {
         snprintf(err, errlen,
                  "invalid placeholder \"{%.*s}\": expected {name} or "
                  "{query.name}, where a name starts with a letter or \"_\" "
                  "and continues with letters, digits or \"_\"",
                  (int)len, s);
         return TE_INVALID;
+    }
+    if (params == NULL && t->syntax == TEMPLATE_HEADER) {
+        return add_part(t, TPL_PARAM, s, len, -1, in_query);
     }
     for (size_t i = 0; i < nparams; i++) {
         if (strlen(params[i]) == len && memcmp(params[i], s, len) == 0) {
@@ -199,16 +202,39 @@ static int check_literal_byte(const char *text, size_t i, char *err,
 }
 
 
+/* Checks one byte of literal text in a field value template. */
+static int check_header_byte(unsigned char c, size_t i, char *err,
+                             size_t errlen)
+{
+    if (c == '\r' || c == '\n') {
+        snprintf(err, errlen,
+                 "a header value must not contain CR or LF (offset %zu), "
+                 "which would end the field early",
+                 i);
+        return TE_INVALID;
+    }
+    if ((c < 0x20 && c != '\t') || c == 0x7f) {
+        snprintf(err, errlen,
+                 "a header value must not contain control characters (byte "
+                 "0x%02X at offset %zu)",
+                 c, i);
+        return TE_INVALID;
+    }
+    return 0;
+}
+
+
 static int compile_parts(const char *text, char *const *params, size_t nparams,
                          template_t *t, char *err, size_t errlen)
 {
+    bool header = t->syntax == TEMPLATE_HEADER;
     bool in_query = false;
     size_t lit_start = 0;
     size_t i = 0;
 
     while (text[i] != '\0') {
         char c = text[i];
-        bool starts_query = c == '?' && !in_query;
+        bool starts_query = c == '?' && !in_query && !header;
         if (c == '{' || starts_query) {
             if (i > lit_start) {
                 int rc = add_part(t, TPL_LITERAL, text + lit_start,
@@ -230,7 +256,9 @@ static int compile_parts(const char *text, char *const *params, size_t nparams,
             return TE_INVALID;
         }
         if (c != '{') {
-            int rc = check_literal_byte(text, i, err, errlen);
+            int rc = header
+                         ? check_header_byte((unsigned char)c, i, err, errlen)
+                         : check_literal_byte(text, i, err, errlen);
             if (rc != 0) {
                 return rc;
             }
@@ -267,14 +295,24 @@ static int compile_parts(const char *text, char *const *params, size_t nparams,
 int template_compile(const char *text, char *const *params, size_t nparams,
                      template_t *out, char *err, size_t errlen)
 {
-    template_t t = {0};
+    return template_compile_syntax(text, TEMPLATE_PATH, params, nparams, out,
+                                   err, errlen);
+}
+
+
+int template_compile_syntax(const char *text, template_syntax_t syntax,
+                            char *const *params, size_t nparams,
+                            template_t *out, char *err, size_t errlen)
+{
+    template_t t = {.syntax = syntax};
 
     if (errlen > 0) {
         err[0] = '\0';
     }
     out->parts = NULL;
     out->nparts = 0;
-    if (text[0] != '/') {
+    out->syntax = syntax;
+    if (syntax == TEMPLATE_PATH && text[0] != '/') {
         snprintf(err, errlen, "must start with \"/\"");
         return TE_INVALID;
     }
@@ -305,35 +343,62 @@ void template_free(template_t *t)
 }
 
 
+/* Appends |s| to a field value with the bytes that may not stand there
+ * as written percent-encoded; "%" too, so that decoding gives |s| back. */
+static int encode_header_value(buf_t *out, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t start = 0;
+    size_t i = 0;
+
+    for (; s[i] != '\0'; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c < 0x7f && c != '%') {
+            continue;
+        }
+        char esc[3] = {'%', hex[c >> 4], hex[c & 0x0f]};
+        if (buf_append(out, s + start, i - start) != 0 ||
+            buf_append(out, esc, sizeof(esc)) != 0) {
+            return TE_NOMEM;
+        }
+        start = i + 1;
+    }
+    return buf_append(out, s + start, i - start);
+}
+
+
 int template_expand(const template_t *t, const char *const *values,
                     template_query_fn query, void *query_arg, buf_t *out)
 {
-    for (size_t i = 0; i < t->nparts; i++) {
+    int (*encode)(buf_t *, const char *) =
+        t->syntax == TEMPLATE_HEADER ? encode_header_value : template_encode;
+    /* An empty expansion is still a value: keep out->data non-NULL. */
+    int rc = buf_append(out, "", 0);
+
+    for (size_t i = 0; i < t->nparts && rc == 0; i++) {
         const tpl_part_t *p = &t->parts[i];
         const char *value = NULL;
-        int rc;
 
         switch (p->kind) {
         case TPL_LITERAL:
             rc = buf_append_str(out, p->text);
             break;
         case TPL_PARAM:
-            value = values != NULL ? values[p->param_index] : NULL;
-            rc = template_encode(out, value != NULL ? value : "");
+            value = values != NULL && p->param_index >= 0
+                        ? values[p->param_index]
+                        : NULL;
+            rc = encode(out, value != NULL ? value : "");
             break;
         case TPL_QUERY:
             value = query != NULL ? query(query_arg, p->text) : NULL;
-            rc = template_encode(out, value != NULL ? value : "");
+            rc = encode(out, value != NULL ? value : "");
             break;
         default:
             rc = TE_INVALID;
             break;
         }
-        if (rc != 0) {
-            return rc;
-        }
     }
-    return 0;
+    return rc;
 }
 
 

@@ -26,9 +26,20 @@ typedef struct tpl_part_s {
     bool in_query;   /* the part stands after the first "?" */
 } tpl_part_t;
 
+/* Where an expansion goes, which sets the rules for literal text and how
+ * substituted values are encoded. */
+typedef enum {
+    TEMPLATE_PATH,   /* a request target: see the file comment */
+    TEMPLATE_HEADER, /* a field value: literal text is visible ASCII, space
+                        or tab; values get CR, LF, other control bytes,
+                        "%" and non-ASCII bytes percent-encoded, so they
+                        cannot end the field */
+} template_syntax_t;
+
 typedef struct template_s {
     tpl_part_t *parts;
     size_t nparts;
+    template_syntax_t syntax;
 } template_t;
 
 /* Compiles |text| against the route parameter names |params|. On error
@@ -36,6 +47,19 @@ typedef struct template_s {
  * `unknown parameter "{usr}"; the route has {user}` to |err|. */
 int template_compile(const char *text, char *const *params, size_t nparams,
                      template_t *out, char *err, size_t errlen);
+
+/* Compiles a template of |syntax|. A TEMPLATE_HEADER template need not
+ * start with "/" and has no query part, and with |params| NULL its
+ * parameter names are only checked for their form (they expand to the
+ * empty string): a caller that knows the route compiles it again with
+ * the route's parameters. */
+int template_compile_syntax(const char *text, template_syntax_t syntax,
+                            char *const *params, size_t nparams,
+                            template_t *out, char *err, size_t errlen);
+
+/* Returns whether |s| (|len| bytes) is a parameter name: a letter or "_"
+ * followed by letters, digits or "_". */
+bool template_is_param_name(const char *s, size_t len);
 
 void template_free(template_t *t);
 
