@@ -426,6 +426,11 @@ static void record_result(endpoint_t *ep, int err)
     if (s->eject_after == 0 || ep->failures < s->eject_after) {
         return;
     }
+    if (s->neps < 2) {
+        /* The only endpoint would be chosen anyway. */
+        ep->failures = 0;
+        return;
+    }
     ep->failures = 0;
     uint64_t ms = s->eject_base_ms;
     for (unsigned i = 0; i < ep->ejections && ms < s->eject_max_ms; i++) {

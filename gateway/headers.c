@@ -91,7 +91,8 @@ const char *headers_reserved_reason(const char *name)
 bool headers_value_safe(const char *v, size_t len)
 {
     for (size_t i = 0; i < len; i++) {
-        if (v[i] == '\r' || v[i] == '\n' || v[i] == '\0') {
+        unsigned char c = (unsigned char)v[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f) {
             return false;
         }
     }

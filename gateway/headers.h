@@ -67,8 +67,10 @@ bool headers_is_token(const char *s);
  * may be configured. */
 const char *headers_reserved_reason(const char *name);
 
-/* Checks that the |len| bytes of |v| contain no CR, LF or NUL, which would
- * end a field or a request early (request smuggling and splitting). */
+/* Checks that the |len| bytes of |v| contain no control byte but tab: CR,
+ * LF and NUL would end a field or a request early (request splitting),
+ * and RFC 9110 allows no other control byte in a field value, so an
+ * HTTP/2 peer resets a stream that carries one. */
 bool headers_value_safe(const char *v, size_t len);
 
 /* Compiles a "set_headers" value: literal text with {name} (a route

@@ -87,7 +87,7 @@ struct req_s {
     upcall_header_t *inbound;
     size_t ninbound;
     size_t inbound_cap;
-    const char *unsafe_field; /* a field whose value has CR, LF or NUL */
+    const char *unsafe_field; /* a field whose value has a control byte */
     bool inbound_nomem;
 };
 
@@ -658,9 +658,9 @@ static bool reject_long_url(req_t *r, const char *url)
 
 
 /* MHD_KeyValueIteratorN over the request headers: records each field
- * and the first whose value contains CR, LF or NUL. libmicrohttpd 0.9.75
- * passes a bare CR inside a value through to the application, and ends a
- * value at a NUL, so only CR can be seen here in practice. */
+ * and the first whose value contains a control byte other than tab.
+ * libmicrohttpd 0.9.75 passes a bare CR and other control bytes inside a
+ * value through to the application, and ends a value at a NUL. */
 static enum MHD_Result on_inbound_field(void *cls, enum MHD_ValueKind kind,
                                         const char *key, size_t key_size,
                                         const char *value, size_t value_size)
@@ -670,7 +670,10 @@ static enum MHD_Result on_inbound_field(void *cls, enum MHD_ValueKind kind,
         value = "";
         value_size = 0;
     }
-    if (r->unsafe_field == NULL && !headers_value_safe(value, value_size)) {
+    /* X-Request-Id is never copied as sent: an invalid one is replaced
+     * by a generated id. */
+    if (r->unsafe_field == NULL && !headers_value_safe(value, value_size) &&
+        strcasecmp(key, "X-Request-Id") != 0) {
         r->unsafe_field = key;
     }
     if (r->ninbound == r->inbound_cap) {
@@ -688,8 +691,9 @@ static enum MHD_Result on_inbound_field(void *cls, enum MHD_ValueKind kind,
 }
 
 
-/* Answers 400 when an inbound field value contains CR, LF or NUL, which
- * could end a field early if the value were copied onto a call. */
+/* Answers 400 when an inbound field value contains a control byte: CR or
+ * LF could end a field early if the value were copied onto a call, and an
+ * HTTP/2 service resets a stream that carries any other. */
 static bool reject_unsafe_field(req_t *r)
 {
     if (r->unsafe_field == NULL) {
@@ -697,7 +701,8 @@ static bool reject_unsafe_field(req_t *r)
     }
     char msg[200];
     snprintf(msg, sizeof(msg),
-             "invalid value of header %.100s: it contains CR, LF or NUL",
+             "invalid value of header %.100s: it contains a control "
+             "character (CR, LF, NUL or another byte below 0x20 but tab)",
              r->unsafe_field);
     r->close_after = true;
     answer_simple(r, 400, "bad_request", msg);

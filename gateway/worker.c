@@ -280,9 +280,17 @@ static void on_upstream_event(void *arg, const upstream_event_t *ev)
     if (!log_enabled(level)) {
         return;
     }
-    log_event(level, NULL, ev->message,
-              json_pack("{s:s, s:s}", "service", ev->name, "event",
-                        event_name(ev->kind)));
+    json_t *fields = json_pack("{s:s, s:s}", "service", ev->name, "event",
+                               event_name(ev->kind));
+    if (ev->kind == UPSTREAM_EV_EJECTED) {
+        /* An endpoint that keeps failing is ejected again every few
+         * calls; one line per second per service is enough. */
+        char key[160];
+        snprintf(key, sizeof(key), "ejected %s", ev->name);
+        log_event_limited(level, NULL, ev->message, key, fields);
+        return;
+    }
+    log_event(level, NULL, ev->message, fields);
 }
 
 
