@@ -134,9 +134,10 @@ int trace_parse(const char *value, trace_ctx_t *out)
     }
     memcpy(out->trace_id, trace_id, TRACE_ID_LEN);
     memcpy(out->parent_id, parent_id, TRACE_SPAN_LEN);
-    /* Version 00 defines only the "sampled" bit; the other bits of a
-     * later version mean nothing to a version-00 writer. */
-    out->flags = version == 0 ? flags : (uint8_t)(flags & 0x01);
+    /* Version 00 defines only the "sampled" bit, and the W3C Trace
+     * Context specification has a version-00 writer send the other bits
+     * as zero, whatever version it read. */
+    out->flags = (uint8_t)(flags & 0x01);
     return 0;
 }
 

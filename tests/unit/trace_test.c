@@ -145,9 +145,24 @@ static void test_trace_spans_differ(void **state)
 }
 
 
+static void test_trace_unknown_flags_cleared(void **state)
+{
+    trace_ctx_t ctx;
+    trace_begin(&ctx,
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff");
+    assert_true(ctx.continued);
+    assert_int_equal(ctx.flags, 1);
+    trace_begin(&ctx,
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-fe");
+    assert_true(ctx.continued);
+    assert_int_equal(ctx.flags, 0);
+}
+
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_trace_unknown_flags_cleared),
         cmocka_unit_test(test_trace_parse_valid),
         cmocka_unit_test(test_trace_parse_invalid),
         cmocka_unit_test(test_trace_parse_later_version),
