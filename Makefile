@@ -70,15 +70,20 @@ fixture: $(FIXTURE)
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 SUBMAKE = $(MAKE) --no-print-directory -j$(JOBS)
 
-.PHONY: deps run test format-check
+.PHONY: deps run test format-check tools
 deps:
 	bash tests/deps.sh
+
+# helm, kubectl and the manifest validators for the chart tests, pinned
+# and checksummed, in the ignored tools/ folder.
+tools:
+	bash tests/tools.sh
 
 run: deps
 	$(SUBMAKE) all
 	TUTTI_BIN=$(BUILD)/tutti bash demo/run.sh
 
-test: deps format-check
+test: deps format-check tools
 	$(SUBMAKE) SANITIZE= BUILD=build all fixture unit-bins
 	$(SUBMAKE) SANITIZE=address BUILD=build/asan all fixture unit-bins
 	$(SUBMAKE) SANITIZE=thread BUILD=build/tsan all fixture

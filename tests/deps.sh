@@ -10,6 +10,9 @@ packages=(
     libjansson-dev libuv1-dev libssl-dev libcmocka-dev
     nginx nghttp2-server nghttp2-client dnsmasq-base
     curl python3 python3-pytest procps iproute2 clang-format
+    # `make tools` extracts helm with unzip; the chart test reads the
+    # rendered manifests with python3-yaml.
+    unzip python3-yaml
     # promtool, which checks the admin listener's /metrics output.
     prometheus
     # Sanitizer runtimes for gcc 12. gcc-12 already depends on them on amd64,
