@@ -29,13 +29,14 @@ GATEWAY_SRCS = gateway/log.c gateway/config.c gateway/template.c \
 	gateway/router.c gateway/aggregate.c gateway/fanout.c \
 	gateway/server.c gateway/worker.c \
 	gateway/lifecycle.c gateway/shared_config.c \
-	gateway/metrics.c gateway/admin.c
+	gateway/metrics.c gateway/admin.c gateway/contracts.c
 MAIN_SRC = gateway/main.c
 
 LIB_OBJS = $(patsubst %.c,$(BUILD)/obj/%.o,$(CLIENT_SRCS) $(GATEWAY_SRCS))
 MAIN_OBJ = $(BUILD)/obj/$(MAIN_SRC:.c=.o)
 
-UNIT_TESTS = config router template aggregate h1 h2 upstream transport trace headers
+UNIT_TESTS = config router template aggregate h1 h2 upstream transport trace headers \
+	contracts
 UNIT_BINS = $(patsubst %,$(BUILD)/tests/%_test,$(UNIT_TESTS))
 
 FIXTURE_SRCS = tests/fixture/faultd.c
@@ -74,8 +75,8 @@ SUBMAKE = $(MAKE) --no-print-directory -j$(JOBS)
 deps:
 	bash tests/deps.sh
 
-# helm, kubectl and the manifest validators for the chart tests, pinned
-# and checksummed, in the ignored tools/ folder.
+# helm, kubectl, the manifest validators and the Pact CLI for the chart
+# and contract tests, pinned and checksummed, in the ignored tools/ folder.
 tools:
 	bash tests/tools.sh
 

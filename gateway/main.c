@@ -13,6 +13,7 @@
 
 #include "admin.h"
 #include "config.h"
+#include "contracts.h"
 #include "errors.h"
 #include "lifecycle.h"
 #include "log.h"
@@ -27,6 +28,7 @@ static const char usage[] =
     "             [--log-level debug|info|warn|error]\n"
     "             [--log-format json|text]\n"
     "       tutti check FILE\n"
+    "       tutti contracts --config FILE --out DIR\n"
     "       tutti --help | --version\n"
     "\n"
     "An HTTP gateway that fans each request out to the downstream calls\n"
@@ -43,6 +45,9 @@ static const char usage[] =
     "                    \"time level worker msg key=value ...\"\n"
     "  check FILE        validate FILE; prints \"FILE: ok\" or one line per\n"
     "                    problem and exits 2\n"
+    "  contracts         write one Pact file per service of --config FILE,\n"
+    "                    DIR/tutti-SERVICE.json, describing the requests\n"
+    "                    tutti sends it; creates DIR when missing\n"
     "\n"
     "Signals: SIGTERM or SIGINT starts a drain: the listener keeps\n"
     "accepting for drain_delay_ms, then stops, and requests in flight get\n"
@@ -94,6 +99,45 @@ static int run_check(const char *file)
     config_errors_free(&errs);
     printf("%s: ok\n", file);
     shared_config_release(sc);
+    return 0;
+}
+
+
+static int run_contracts(int argc, char **argv)
+{
+    const char *file = NULL;
+    const char *dir = NULL;
+    for (int i = 2; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--config") == 0) {
+            file = argv[i + 1];
+        } else if (strcmp(argv[i], "--out") == 0) {
+            dir = argv[i + 1];
+        } else {
+            file = NULL;
+            break;
+        }
+    }
+    if (argc % 2 != 0 || file == NULL || dir == NULL) {
+        fprintf(stderr, "Usage: tutti contracts --config FILE --out DIR\n");
+        return 2;
+    }
+
+    shared_config_t *sc = NULL;
+    config_errors_t errs = {0};
+    if (shared_config_load(file, NULL, &sc, &errs) != 0) {
+        int rc = print_config_errors(&errs);
+        config_errors_free(&errs);
+        return rc;
+    }
+    config_errors_free(&errs);
+    char err[512];
+    int rc = contracts_write(sc->cfg, dir, err, sizeof(err));
+    shared_config_release(sc);
+    if (rc != 0) {
+        fprintf(stderr, "tutti contracts: %s\n",
+                rc == TE_NOMEM ? "out of memory" : err);
+        return 1;
+    }
     return 0;
 }
 
@@ -447,6 +491,9 @@ int main(int argc, char **argv)
             return 2;
         }
         return run_check(argv[2]);
+    }
+    if (argc >= 2 && strcmp(argv[1], "contracts") == 0) {
+        return run_contracts(argc, argv);
     }
 
     options_t opt = {.level = LOG_INFO};

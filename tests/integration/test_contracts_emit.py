@@ -1,0 +1,188 @@
+"""`tutti contracts --config FILE --out DIR`: one Pact file per service of
+the demo configuration, and `pact verifier` against faultd, which passes
+with its default JSON echo and fails on invalid JSON or a 500.
+
+The Pact CLI comes from `make tools`; the verifier tests run it first
+when tools/bin/pact is missing."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_tutti
+
+DEMO = REPO / "demo" / "tutti.json"
+
+
+PACT = REPO / "tools" / "bin" / "pact"
+
+
+@pytest.fixture(scope="module")
+def pact_cli():
+    """Make sure the Pact CLI is installed, running `make tools` if not."""
+    if not PACT.exists():
+        done = subprocess.run(["make", "-C", str(REPO), "tools"],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (
+            "`make tools` failed, so the pacts cannot be verified:\n"
+            + done.stdout + done.stderr)
+    return PACT
+
+
+def emit(config, out, cwd):
+    result = run_tutti(["contracts", "--config", str(config), "--out",
+                        str(out)], cwd)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    return {p.name: json.loads(p.read_text()) for p in out.iterdir()}
+
+
+def requests_by_description(pact):
+    return {i["description"]: i["request"] for i in pact["interactions"]}
+
+
+def test_contracts_demo_files(tmp_path):
+    out = tmp_path / "new" / "pacts"
+    pacts = emit(DEMO, out, tmp_path)
+    assert sorted(pacts) == ["tutti-shop.json", "tutti-users.json"]
+    for name, pact in pacts.items():
+        assert pact["consumer"] == {"name": "tutti"}
+        assert name == f"tutti-{pact['provider']['name']}.json"
+        assert pact["metadata"]["pactSpecification"]["version"] == "4.0"
+        for interaction in pact["interactions"]:
+            assert interaction["type"] == "Synchronous/HTTP"
+            response = interaction["response"]
+            assert response["status"] == 200
+            assert response["body"]["content"] == {}
+            assert response["body"]["contentType"] == "application/json"
+            rules = response["matchingRules"]
+            assert rules["status"]["$"]["matchers"] == [
+                {"match": "statusCode", "status": "success"}]
+            assert rules["body"]["$"]["matchers"] == [{"match": "type"}]
+
+
+def test_contracts_demo_requests(tmp_path):
+    pacts = emit(DEMO, tmp_path / "pacts", tmp_path)
+    users = requests_by_description(pacts["tutti-users.json"])
+    assert sorted(users) == ["GET /dashboard/{user} call profile",
+                             "GET /overview/{user} call profile"]
+    profile = users["GET /dashboard/{user} call profile"]
+    assert profile["method"] == "GET"
+    assert profile["path"] == "/users/example-user.json"
+    assert "query" not in profile
+    assert profile["headers"] == {"Accept": ["application/json"]}
+
+    shop = requests_by_description(pacts["tutti-shop.json"])
+    assert len(shop) == 4
+    orders = shop["GET /dashboard/{user} call orders"]
+    assert orders["path"] == "/orders"
+    assert orders["query"] == {"user": ["example-user"],
+                               "limit": ["example"]}
+    promotions = shop["GET /overview/{user} call promotions"]
+    assert promotions["path"] == "/promotions"
+    assert promotions["query"] == {"user": ["example-user"]}
+
+
+def test_contracts_header_policy_and_body(tmp_path):
+    config = {
+        "services": {
+            "orders": {"url": "http://127.0.0.1:9102",
+                       "forward_headers": ["X-Tenant"],
+                       "set_headers": {"X-User": "id {user}"}},
+        },
+        "routes": [
+            {"method": "POST", "path": "/orders/{user}", "calls": [
+                {"name": "create", "service": "orders", "method": "POST",
+                 "path": "/orders/{user}/new", "forward_body": True}]},
+        ],
+    }
+    path = tmp_path / "tutti.json"
+    path.write_text(json.dumps(config))
+    pacts = emit(path, tmp_path / "pacts", tmp_path)
+    create = requests_by_description(pacts["tutti-orders.json"])[
+        "POST /orders/{user} call create"]
+    assert create["method"] == "POST"
+    assert create["path"] == "/orders/example-user/new"
+    assert create["headers"]["x-tenant"] == ["example"]
+    assert create["headers"]["x-user"] == ["id example-user"]
+    assert create["headers"]["Content-Type"] == ["application/json"]
+    assert isinstance(create["body"]["content"], dict)
+
+
+def test_contracts_bad_config_like_check(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"services": {}, "routes": [
+        {"method": "GET", "path": "/x", "calls": [
+            {"name": "a", "service": "nope", "path": "/a"}]}]}))
+    check = run_tutti(["check", str(path)], tmp_path)
+    result = run_tutti(["contracts", "--config", str(path), "--out",
+                        str(tmp_path / "pacts")], tmp_path)
+    assert result.returncode == 2
+    assert check.returncode == 2
+    assert result.stderr == check.stderr
+    assert not (tmp_path / "pacts").exists()
+
+
+def test_contracts_usage_errors(tmp_path):
+    for args in (["contracts"], ["contracts", "--config", str(DEMO)],
+                 ["contracts", "--out", "x", "--bogus", "y"]):
+        result = run_tutti(args, tmp_path)
+        assert result.returncode == 2, args
+        assert "Usage: tutti contracts" in result.stderr
+
+
+def verify(pact_file, port):
+    env = dict(os.environ, PACT_DO_NOT_TRACK="true")
+    return subprocess.run(
+        [str(PACT), "verifier", "--no-colour", "--file", str(pact_file),
+         "--hostname", "127.0.0.1", "--port", str(port)],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env,
+        timeout=60)
+
+
+def fault_config(query):
+    """A configuration whose one call asks faultd for |query|."""
+    return {
+        "services": {"faulty": {"url": "http://127.0.0.1:9"}},
+        "routes": [{"method": "GET", "path": "/item/{id}", "calls": [
+            {"name": "item", "service": "faulty",
+             "path": "/items/{id}?" + query}]}],
+    }
+
+
+def test_contracts_verify_demo_against_faultd(tmp_path, faultd, pact_cli):
+    pacts = tmp_path / "pacts"
+    emit(DEMO, pacts, tmp_path)
+    for pact_file in sorted(pacts.iterdir()):
+        result = verify(pact_file, faultd.port)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "FAILED" not in result.stdout
+
+
+@pytest.mark.parametrize("query", [
+    "status=201", "status=202&body=raw&text=%7B%22a%22%3A%5B1%5D%7D"])
+def test_contracts_verify_accepts_other_2xx(tmp_path, faultd, pact_cli,
+                                            query):
+    path = tmp_path / "tutti.json"
+    path.write_text(json.dumps(fault_config(query)))
+    pacts = tmp_path / "pacts"
+    emit(path, pacts, tmp_path)
+    result = verify(pacts / "tutti-faulty.json", faultd.port)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("query", ["body=invalid", "status=500",
+                                   "body=empty"])
+def test_contracts_verify_fails_on_bad_answer(tmp_path, faultd, pact_cli,
+                                              query):
+    path = tmp_path / "tutti.json"
+    path.write_text(json.dumps(fault_config(query)))
+    pacts = tmp_path / "pacts"
+    emit(path, pacts, tmp_path)
+    result = verify(pacts / "tutti-faulty.json", faultd.port)
+    assert result.returncode != 0, result.stdout + result.stderr
+    # A mismatch, not a usage error of the verifier.
+    assert "There were 1 pact failures" in result.stdout, result.stdout
