@@ -43,7 +43,7 @@ typedef struct resolver_result_s {
     char errmsg[160]; /* set when the lookup failed */
 } resolver_result_t;
 
-/* Called once per lookup. |err| is 0 or TE_RESOLVE (|res->errmsg| says
+/* Called once per lookup. |err| is 0 or TE_RESOLVE (|res->errmsg| gives
  * why) or TE_CANCELLED when the resolver is closing. */
 typedef void (*resolver_cb)(void *arg, int err, const resolver_result_t *res);
 

@@ -1,4 +1,4 @@
-/* The JSON bodies tutti answers with, and the status of each outcome. */
+/* The JSON bodies of tutti's responses, and the status of each outcome. */
 #ifndef TUTTI_AGGREGATE_H
 #define TUTTI_AGGREGATE_H
 
@@ -16,7 +16,7 @@ typedef enum {
     KIND_CONNECT,
     KIND_RESOLVE,
     KIND_RESET,
-    KIND_STATUS,       /* the downstream answered >= 400 */
+    KIND_STATUS,       /* the downstream returned a status >= 400 */
     KIND_BAD_RESPONSE, /* the body is not JSON, empty, too large, cut */
     KIND_SHUTDOWN,     /* the gateway stopped before the call ended */
     KIND_INTERNAL,     /* the gateway itself failed (out of memory) */
@@ -28,7 +28,7 @@ const char *aggregate_kind_name(fail_kind_t kind);
 /* Maps a TE_* code from the clients to a kind. */
 fail_kind_t aggregate_kind_from_error(int err);
 
-/* Returns the status tutti answers with when a required call failed:
+/* Returns the status of tutti's response when a required call failed:
  * 504 for timeout and deadline, the downstream's own status for a 4xx,
  * 502 for 5xx, connect, resolve, reset and bad_response, 503 for
  * shutdown and overloaded, 500 for internal. */

@@ -152,7 +152,7 @@ static void answer(fanout_t *fo, int status, char *body, size_t len)
 }
 
 
-/* The first failing required call decides the answer; the calls still
+/* The first failing required call decides the response, and the calls still
  * running are cancelled, as errgroup.WithContext cancels its context. */
 static void answer_error(fanout_t *fo, fcall_t *fc, cancel_cause_t cause)
 {
@@ -227,7 +227,7 @@ static void log_call_failure(fanout_t *fo, fcall_t *fc, const char *message)
 
 
 /* Records the failure of a pending call and, for a required call, decides
- * the answer. */
+ * the response. */
 static void fail_call(fanout_t *fo, fcall_t *fc, fail_kind_t kind,
                       const char *message, cancel_cause_t cause)
 {
@@ -283,7 +283,7 @@ static void on_timer(uv_timer_t *t)
     uint64_t now = uv_hrtime();
 
     /* Deadline expiries first, in call order, so that a required call
-     * pending at the deadline decides the answer with kind "deadline". */
+     * pending at the deadline decides the response with kind "deadline". */
     for (int pass = 0; pass < 2 && !fo->answered; pass++) {
         for (size_t i = 0; i < fo->ncalls && !fo->answered; i++) {
             fcall_t *fc = &fo->calls[i];

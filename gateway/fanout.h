@@ -1,6 +1,6 @@
 /* One fan-out: every call of a route started at once, each under its own
  * timeout inside the request's deadline, with errgroup semantics: the
- * first failing required call decides the answer and cancels the rest.
+ * first failing required call decides the response and cancels the rest.
  *
  * A fan-out lives on one worker's loop and is driven by the clients'
  * callbacks and by one uv_timer that tracks the earliest timeout of the
@@ -64,21 +64,21 @@ typedef struct fanout_request_s {
     upstream_table_t *services;
 } fanout_request_t;
 
-/* Called once when the answer is decided (never for a client abort). */
+/* Called once when the response is decided (never for a client abort). */
 typedef void (*fanout_answer_cb)(fanout_t *fo, void *arg);
 
 /* Starts every call of the route. Returns NULL on allocation failure. The
- * answer callback is never made from inside fanout_start. */
+ * response callback is never made from inside fanout_start. */
 fanout_t *fanout_start(uv_loop_t *loop, upstream_t *up,
                        const fanout_request_t *req, fanout_answer_cb cb,
                        void *arg);
 
-/* Cancels the calls still running. For CAUSE_SHUTDOWN the answer (503)
- * is decided and the callback made before this returns, if no answer was
+/* Cancels the calls still running. For CAUSE_SHUTDOWN the response (503)
+ * is decided and the callback made before this returns, if no response was
  * decided yet; for CAUSE_CLIENT_ABORT no callback follows. */
 void fanout_abort(fanout_t *fo, cancel_cause_t cause);
 
-/* The decided answer: status, body (ownership passes to the caller on
+/* The decided response: status, body (ownership passes to the caller on
  * fanout_take_body) and the Tutti-Partial value ("" when complete). */
 int fanout_status(const fanout_t *fo);
 char *fanout_take_body(fanout_t *fo, size_t *len);

@@ -25,7 +25,7 @@ void server_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
  * splits the path before decoding and "%2F" stays inside one segment. */
 size_t server_keep_escaped(void *cls, struct MHD_Connection *conn, char *s);
 
-/* Shutdown grace over: answers 503 to every request still running. */
+/* Shutdown grace over: responds 503 to every request still running. */
 void server_abort_all(worker_t *w);
 
 /* Describes every request of |w| between arrival and completion, for the

@@ -131,7 +131,7 @@ static void on_grace_over(uv_timer_t *t)
 }
 
 
-/* uv_async_cb: the main thread asks this worker to drain and stop. */
+/* uv_async_cb: the main thread requests that this worker drain and stop. */
 static void on_stop(uv_async_t *a)
 {
     worker_t *w = a->data;
