@@ -5,6 +5,7 @@
 #include "contracts.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,11 @@
 #define PACT_SPEC_VERSION "4.0"
 #define EXAMPLE_QUERY_VALUE "example"
 #define EXAMPLE_HEADER_VALUE "example"
+/* The example body of every response, and a regex that matches any text. */
+#define ANY_JSON "any JSON value"
+/* The provider state that carries a route's example parameter values. */
+#define EXAMPLE_STATE "the example route parameters exist"
+#define ANY_TEXT_REGEX "^[\\s\\S]*$"
 
 
 static const char *example_query(void *arg, const char *name)
@@ -183,19 +189,49 @@ static json_t *json_body(json_t *content)
 
 
 /* The response the gateway needs: any 2xx status, by the V4 "statusCode"
- * matcher with "success" (200 is only the example), and a JSON object of
- * any members, by a type matcher on "$" against {}. A missing or invalid
- * JSON body fails. NOTE: the gateway also accepts a JSON array or scalar,
- * which this rule rejects, because no matcher here accepts any value. */
+ * matcher with "success" (200 is only the example), and a body that is any
+ * JSON value, as the gateway accepts any. No type matcher accepts an
+ * object, an array and a scalar alike. The rule on "$" is therefore a
+ * regex that matches every text, against a string example. Pact parses the
+ * body as JSON before it applies the regex, so a missing or invalid JSON
+ * body still fails. The example must not be an object or array, because
+ * Pact compares containers by type before it looks at the matchers. */
 static json_t *build_response(void)
 {
     return json_pack("{s:i, s:o, s:{s:{s:{s:s, s:[{s:s, s:s}]}}, "
-                     "s:{s:{s:s, s:[{s:s}]}}}}",
-                     "status", 200, "body", json_body(json_object()),
+                     "s:{s:{s:s, s:[{s:s, s:s}]}}}}",
+                     "status", 200, "body", json_body(json_string(ANY_JSON)),
                      "matchingRules", "status", "$", "combine", "AND",
                      "matchers", "match", "statusCode", "status", "success",
                      "body", "$", "combine", "AND", "matchers", "match",
-                     "type");
+                     "regex", "regex", ANY_TEXT_REGEX);
+}
+
+
+/* The provider state of a route with parameters: its example values, so a
+ * provider's state handler can create the records they name (a user
+ * "example-user", say). NULL with no parameters; *err set when memory runs
+ * out. */
+static json_t *build_states(const route_t *r, const char *const *values,
+                            bool *err)
+{
+    if (r->nparams == 0) {
+        return NULL;
+    }
+    json_t *params = json_object();
+    for (size_t i = 0; params != NULL && i < r->nparams; i++) {
+        if (json_object_set_new(params, r->params[i], json_string(values[i])) !=
+            0) {
+            json_decref(params);
+            params = NULL;
+        }
+    }
+    json_t *states = params == NULL
+                         ? NULL
+                         : json_pack("[{s:s, s:o}]", "name", EXAMPLE_STATE,
+                                     "params", params);
+    *err = states == NULL;
+    return states;
 }
 
 
@@ -229,13 +265,24 @@ static json_t *build_interaction(const route_t *r, const call_t *c,
             0) {
         goto done;
     }
+    bool err = false;
+    json_t *states = build_states(r, values, &err);
     json_t *response = build_response();
-    if (response == NULL) {
+    if (err || response == NULL) {
+        json_decref(states);
+        json_decref(response);
         goto done;
     }
     out = json_pack("{s:s, s:s, s:O, s:o}", "type", "Synchronous/HTTP",
                     "description", desc.data, "request", request, "response",
                     response);
+    if (out != NULL && states != NULL &&
+        json_object_set_new(out, "providerStates", states) != 0) {
+        json_decref(out);
+        out = NULL;
+    } else if (out == NULL) {
+        json_decref(states);
+    }
 
 done:
     json_decref(headers);

@@ -2,13 +2,16 @@
 # Install the Debian packages that building, testing and the demo need.
 # Runs apt-get only when dpkg-query reports a package as not installed, so a
 # second run is quick and needs no network. Written for Debian 12 as root.
+#
+# Usage: bash tests/deps.sh [PACKAGE...]
+# Extra arguments are installed too (the benchmark names its peers' packages).
 set -euo pipefail
 
 packages=(
     build-essential pkg-config
     libmicrohttpd-dev libnghttp2-dev libhttp-parser-dev libc-ares-dev
     libjansson-dev libuv1-dev libssl-dev libcmocka-dev
-    nginx nghttp2-server nghttp2-client dnsmasq-base
+    nginx nghttp2-server nghttp2-client nghttp2-proxy dnsmasq-base
     curl python3 python3-pytest procps iproute2 clang-format
     # `make tools` extracts helm with unzip; the chart test reads the
     # rendered manifests with python3-yaml.
@@ -18,6 +21,7 @@ packages=(
     # Sanitizer runtimes for gcc 12. gcc-12 already depends on them on amd64,
     # but naming them catches an image where they were removed.
     libasan8 libubsan1 libtsan2
+    "$@"
 )
 
 is_installed()

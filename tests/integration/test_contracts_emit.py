@@ -1,6 +1,8 @@
 """`tutti contracts --config FILE --out DIR`: one Pact file per service of
-the demo configuration, and `pact verifier` against faultd, which passes
-with its default JSON echo and fails on invalid JSON or a 500.
+the demo configuration, and `pact verifier` against the demo's own
+services (nginx, and nghttpd behind nghttpx) and against faultd, which
+passes with any JSON body and a 2xx status and fails on invalid JSON, an
+empty body or a 500.
 
 The Pact CLI comes from `make tools`; the verifier tests run it first
 when tools/bin/pact is missing."""
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_tutti
+from conftest import REPO, Process, free_port, port_open, run_tutti
 
 DEMO = REPO / "demo" / "tutti.json"
 
@@ -56,12 +58,16 @@ def test_contracts_demo_files(tmp_path):
             assert interaction["type"] == "Synchronous/HTTP"
             response = interaction["response"]
             assert response["status"] == 200
-            assert response["body"]["content"] == {}
+            assert response["body"]["content"] == "any JSON value"
             assert response["body"]["contentType"] == "application/json"
             rules = response["matchingRules"]
             assert rules["status"]["$"]["matchers"] == [
                 {"match": "statusCode", "status": "success"}]
-            assert rules["body"]["$"]["matchers"] == [{"match": "type"}]
+            assert rules["body"]["$"]["matchers"] == [
+                {"match": "regex", "regex": r"^[\s\S]*$"}]
+            assert interaction["providerStates"] == [
+                {"name": "the example route parameters exist",
+                 "params": {"user": "example-user"}}]
 
 
 def test_contracts_demo_requests(tmp_path):
@@ -153,6 +159,87 @@ def fault_config(query):
     }
 
 
+@pytest.fixture(scope="module")
+def demo_services(tmp_path_factory):
+    """The demo's services as `make run` starts them: nginx with
+    demo/nginx.conf (shop, HTTP/1.1) and nghttpd with demo/h2root (users,
+    h2c only). The Pact verifier sends HTTP/1.1 only, so it reaches users
+    through nghttpx (HTTP/1.1 in front, h2c to nghttpd), as a service team
+    with an HTTP/2-only service would verify it. Returns the ports by
+    service name."""
+    workdir = tmp_path_factory.mktemp("demo-services")
+    (workdir / "tmp").mkdir()
+    shop, users_h2, users = free_port(), free_port(), free_port()
+    conf = workdir / "nginx.conf"
+    conf.write_text((REPO / "demo" / "nginx.conf").read_text().replace(
+        "@PORT@", str(shop)))
+    procs = [
+        Process("nginx", ["nginx", "-p", str(workdir), "-c", str(conf),
+                          "-e", "stderr"], workdir),
+        Process("nghttpd", [
+            "nghttpd", "--no-tls", "--address=127.0.0.1",
+            f"--htdocs={REPO / 'demo' / 'h2root'}",
+            f"--mime-types-file={REPO / 'demo' / 'mime.types'}",
+            str(users_h2)], workdir),
+        Process("nghttpx", [
+            "nghttpx", f"--frontend=127.0.0.1,{users};no-tls",
+            f"--backend=127.0.0.1,{users_h2};;proto=h2", "--workers=1",
+            "--single-process", "--conf=/dev/null",
+            "--accesslog-file=/dev/null",
+            f"--errorlog-file={workdir / 'nghttpx.log'}"], workdir),
+    ]
+    try:
+        for proc, port in zip(procs, (shop, users_h2, users)):
+            proc.wait_ready(lambda p=port: port_open(p))
+        yield {"shop": shop, "users": users}
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def test_contracts_verify_demo_services(tmp_path, demo_services, pact_cli):
+    """users passes. shop passes except for promotions: the demo's nginx
+    has no /promotions on purpose, so /overview/{user} shows a partial
+    response, and the verifier reports that one interaction."""
+    pacts = tmp_path / "pacts"
+    emit(DEMO, pacts, tmp_path)
+    users = verify(pacts / "tutti-users.json", demo_services["users"])
+    assert users.returncode == 0, users.stdout + users.stderr
+    assert "FAILED" not in users.stdout
+
+    shop = verify(pacts / "tutti-shop.json", demo_services["shop"])
+    assert shop.returncode != 0, shop.stdout + shop.stderr
+    assert "There were 1 pact failures" in shop.stdout, shop.stdout
+    failures = shop.stdout.split("Failures:", 1)[1]
+    assert "GET /overview/{user} call promotions" in failures, shop.stdout
+    assert "Expected status code 404 to be a Successful response" \
+        in failures, shop.stdout
+    for desc in ("GET /dashboard/{user} call orders",
+                 "GET /dashboard/{user} call recommendations",
+                 "GET /overview/{user} call orders"):
+        assert desc not in failures, shop.stdout
+
+
+@pytest.mark.parametrize("service,path", [
+    ("shop", "/basket?user={user}"),       # nginx: 404
+    ("users", "/users/{user}.txt"),        # nghttpd: 404
+])
+def test_contracts_verify_demo_services_fail(tmp_path, demo_services,
+                                             pact_cli, service, path):
+    config = json.loads(DEMO.read_text())
+    config["routes"] = [{"method": "GET", "path": "/x/{user}", "calls": [
+        {"name": "broken", "service": service, "path": path}]}]
+    conf = tmp_path / "tutti.json"
+    conf.write_text(json.dumps(config))
+    pacts = tmp_path / "pacts"
+    emit(conf, pacts, tmp_path)
+    result = verify(pacts / f"tutti-{service}.json", demo_services[service])
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "There were 1 pact failures" in result.stdout, result.stdout
+    assert "Expected status code 404 to be a Successful response" \
+        in result.stdout, result.stdout
+
+
 def test_contracts_verify_demo_against_faultd(tmp_path, faultd, pact_cli):
     pacts = tmp_path / "pacts"
     emit(DEMO, pacts, tmp_path)
@@ -163,7 +250,9 @@ def test_contracts_verify_demo_against_faultd(tmp_path, faultd, pact_cli):
 
 
 @pytest.mark.parametrize("query", [
-    "status=201", "status=202&body=raw&text=%7B%22a%22%3A%5B1%5D%7D"])
+    "status=201", "status=202&body=raw&text=%7B%22a%22%3A%5B1%5D%7D",
+    "body=raw&text=%5B1%2C2%5D", "body=raw&text=%22s%22",
+    "body=raw&text=null", "body=raw&text=-1.5e300"])
 def test_contracts_verify_accepts_other_2xx(tmp_path, faultd, pact_cli,
                                             query):
     path = tmp_path / "tutti.json"

@@ -22,7 +22,8 @@ static const char CONFIG[] =
     "    \"forward_headers\": [\"Authorization\"],"
     "    \"set_headers\": {\"X-User\": \"u-{user}\"}},"
     "  \"orders\": {\"url\": \"h2c://127.0.0.1:9102\"},"
-    "  \"idle\": {\"url\": \"http://127.0.0.1:9103\"}},"
+    "  \"idle\": {\"url\": \"http://127.0.0.1:9103\"},"
+    "  \"about\": {\"url\": \"http://127.0.0.1:9104\"}},"
     " \"routes\": ["
     "  {\"method\": \"GET\", \"path\": \"/dashboard/{user}\", \"calls\": ["
     "    {\"name\": \"profile\", \"service\": \"users\","
@@ -31,7 +32,10 @@ static const char CONFIG[] =
     "     \"path\": \"/orders?user={user}&limit={query.limit}&x=a%20b\"}]},"
     "  {\"method\": \"POST\", \"path\": \"/orders/{user}\", \"calls\": ["
     "    {\"name\": \"create\", \"service\": \"orders\", \"method\": \"PUT\","
-    "     \"path\": \"/orders/{user}\", \"forward_body\": true}]}]}";
+    "     \"path\": \"/orders/{user}\", \"forward_body\": true}]},"
+    "  {\"method\": \"GET\", \"path\": \"/about\", \"calls\": ["
+    "    {\"name\": \"about\", \"service\": \"about\","
+    "     \"path\": \"/about\"}]}]}";
 
 
 static int setup(void **state)
@@ -166,14 +170,15 @@ static void test_contracts_response_rules(void **state)
         json_array_get(json_object_get(pact, "interactions"), 0), "response");
     assert_int_equal(json_integer_value(json_object_get(resp, "status")), 200);
     json_t *content = json_object_get(json_object_get(resp, "body"), "content");
-    assert_true(json_is_object(content));
-    assert_int_equal(json_object_size(content), 0);
+    assert_string_equal(json_string_value(content), "any JSON value");
     const char *match = NULL;
-    assert_int_equal(json_unpack(resp, "{s:{s:{s:{s:[{s:s}]}}}}",
+    const char *regex = NULL;
+    assert_int_equal(json_unpack(resp, "{s:{s:{s:{s:[{s:s, s:s}]}}}}",
                                  "matchingRules", "body", "$", "matchers",
-                                 "match", &match),
+                                 "match", &match, "regex", &regex),
                      0);
-    assert_string_equal(match, "type");
+    assert_string_equal(match, "regex");
+    assert_string_equal(regex, "^[\\s\\S]*$");
     const char *status = NULL;
     assert_int_equal(json_unpack(resp, "{s:{s:{s:{s:[{s:s, s:s}]}}}}",
                                  "matchingRules", "status", "$", "matchers",
@@ -181,6 +186,30 @@ static void test_contracts_response_rules(void **state)
                      0);
     assert_string_equal(match, "statusCode");
     assert_string_equal(status, "success");
+    json_decref(pact);
+}
+
+
+/* A route's parameters reach the provider as the params of one provider
+ * state; a route without parameters has no state. */
+static void test_contracts_provider_states(void **state)
+{
+    json_t *pact = build(state, "users");
+    json_t *it = json_array_get(json_object_get(pact, "interactions"), 0);
+    const char *name = NULL;
+    const char *user = NULL;
+    json_t *states = json_object_get(it, "providerStates");
+    assert_int_equal(json_array_size(states), 1);
+    assert_int_equal(json_unpack(states, "[{s:s, s:{s:s}}]", "name", &name,
+                                 "params", "user", &user),
+                     0);
+    assert_string_equal(name, "the example route parameters exist");
+    assert_string_equal(user, "example-user");
+    json_decref(pact);
+
+    pact = build(state, "about");
+    it = json_array_get(json_object_get(pact, "interactions"), 0);
+    assert_null(json_object_get(it, "providerStates"));
     json_decref(pact);
 }
 
@@ -194,9 +223,9 @@ static void test_contracts_file_per_service(void **state)
     char err[256] = "";
     assert_int_equal(contracts_write(*state, out, err, sizeof(err)), 0);
 
-    static const char *const names[] = {"users", "orders", "idle"};
-    static const size_t counts[] = {1, 2, 0};
-    for (size_t i = 0; i < 3; i++) {
+    static const char *const names[] = {"users", "orders", "idle", "about"};
+    static const size_t counts[] = {1, 2, 0, 1};
+    for (size_t i = 0; i < 4; i++) {
         char path[320];
         snprintf(path, sizeof(path), "%s/tutti-%s.json", out, names[i]);
         json_error_t jerr;
@@ -234,6 +263,7 @@ int main(void)
         cmocka_unit_test(test_contracts_path_and_headers),
         cmocka_unit_test(test_contracts_query_and_body),
         cmocka_unit_test(test_contracts_response_rules),
+        cmocka_unit_test(test_contracts_provider_states),
         cmocka_unit_test(test_contracts_file_per_service),
         cmocka_unit_test(test_contracts_out_is_a_file),
     };
