@@ -686,6 +686,34 @@ static void parse_admin(parse_ctx_t *ctx, json_t *root, config_t *cfg)
 }
 
 
+/* The host a listener binds, with "localhost" as the address it binds. */
+static const char *bound_host(const char *host)
+{
+    return strcmp(host, "localhost") == 0 ? "127.0.0.1" : host;
+}
+
+
+/* The admin listener cannot share the gateway's port on an address they
+ * both bind: the second bind would fail at start. */
+static void check_listeners_apart(parse_ctx_t *ctx, const config_t *cfg)
+{
+    if (cfg->admin_host == NULL || cfg->listen_host == NULL ||
+        cfg->admin_port != cfg->listen_port) {
+        return;
+    }
+    const char *a = bound_host(cfg->admin_host);
+    const char *l = bound_host(cfg->listen_host);
+    bool wildcard = strcmp(a, "0.0.0.0") == 0 || strcmp(a, "::") == 0 ||
+                    strcmp(l, "0.0.0.0") == 0 || strcmp(l, "::") == 0;
+    if (wildcard || strcmp(a, l) == 0) {
+        report(ctx, "admin.listen",
+               "port %u is also the gateway's listen port; give the admin "
+               "listener a port of its own",
+               (unsigned)cfg->admin_port);
+    }
+}
+
+
 /* Checks one resolver address and appends it to |csv| in the form
  * c-ares accepts. */
 static void parse_dns_server(parse_ctx_t *ctx, const char *path, const char *s,
@@ -2069,6 +2097,7 @@ static void parse_root(parse_ctx_t *ctx, json_t *root, config_t *cfg)
     check_keys(ctx, root, NULL, ROOT_KEYS, NKEYS(ROOT_KEYS));
     parse_listen(ctx, root, cfg);
     parse_admin(ctx, root, cfg);
+    check_listeners_apart(ctx, cfg);
     parse_limits(ctx, root, cfg);
     parse_overload_limits(ctx, root, cfg);
     parse_resolver(ctx, root, cfg);

@@ -196,15 +196,24 @@ static json_t *json_body(json_t *content)
  * body as JSON before it applies the regex, so a missing or invalid JSON
  * body still fails. The example must not be an object or array, because
  * Pact compares containers by type before it looks at the matchers. */
-static json_t *build_response(void)
+static json_t *build_response(const call_t *c)
 {
-    return json_pack("{s:i, s:o, s:{s:{s:{s:s, s:[{s:s, s:s}]}}, "
-                     "s:{s:{s:s, s:[{s:s, s:s}]}}}}",
-                     "status", 200, "body", json_body(json_string(ANY_JSON)),
-                     "matchingRules", "status", "$", "combine", "AND",
-                     "matchers", "match", "statusCode", "status", "success",
-                     "body", "$", "combine", "AND", "matchers", "match",
-                     "regex", "regex", ANY_TEXT_REGEX);
+    json_t *resp = json_pack(
+        "{s:i, s:o, s:{s:{s:{s:s, s:[{s:s, s:s}]}}, "
+        "s:{s:{s:s, s:[{s:s, s:s}]}}}}",
+        "status", 200, "body", json_body(json_string(ANY_JSON)),
+        "matchingRules", "status", "$", "combine", "AND", "matchers", "match",
+        "statusCode", "status", "success", "body", "$", "combine", "AND",
+        "matchers", "match", "regex", "regex", ANY_TEXT_REGEX);
+    /* A response to HEAD has no body, and the gateway needs none. */
+    if (resp != NULL && strcmp(c->method, "HEAD") == 0 &&
+        (json_object_del(resp, "body") != 0 ||
+         json_object_del(json_object_get(resp, "matchingRules"), "body") !=
+             0)) {
+        json_decref(resp);
+        resp = NULL;
+    }
+    return resp;
 }
 
 
@@ -267,7 +276,7 @@ static json_t *build_interaction(const route_t *r, const call_t *c,
     }
     bool err = false;
     json_t *states = build_states(r, values, &err);
-    json_t *response = build_response();
+    json_t *response = build_response(c);
     if (err || response == NULL) {
         json_decref(states);
         json_decref(response);

@@ -103,23 +103,49 @@ static int run_check(const char *file)
 }
 
 
+#define CONTRACTS_USAGE "Usage: tutti contracts --config FILE --out DIR\n"
+
+
+/* Prints "tutti contracts: |what|" and the usage line; returns 2. */
+static int contracts_usage_error(const char *what, const char *arg)
+{
+    fprintf(stderr, "tutti contracts: ");
+    fprintf(stderr, what, arg);
+    fprintf(stderr, "\n" CONTRACTS_USAGE);
+    return 2;
+}
+
+
 static int run_contracts(int argc, char **argv)
 {
     const char *file = NULL;
     const char *dir = NULL;
-    for (int i = 2; i + 1 < argc; i += 2) {
-        if (strcmp(argv[i], "--config") == 0) {
-            file = argv[i + 1];
-        } else if (strcmp(argv[i], "--out") == 0) {
-            dir = argv[i + 1];
-        } else {
-            file = NULL;
-            break;
+    for (int i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            fputs(CONTRACTS_USAGE, stdout);
+            return 0;
+        }
+        const char **slot = strcmp(a, "--config") == 0 ? &file
+                            : strcmp(a, "--out") == 0  ? &dir
+                                                       : NULL;
+        if (slot == NULL) {
+            return contracts_usage_error("%s: unknown argument", a);
+        }
+        if (i + 1 == argc) {
+            return contracts_usage_error("%s: missing value", a);
+        }
+        if (*slot != NULL) {
+            return contracts_usage_error("%s: given twice", a);
+        }
+        *slot = argv[++i];
+        if (**slot == '\0') {
+            return contracts_usage_error("%s: empty value", a);
         }
     }
-    if (argc % 2 != 0 || file == NULL || dir == NULL) {
-        fprintf(stderr, "Usage: tutti contracts --config FILE --out DIR\n");
-        return 2;
+    if (file == NULL || dir == NULL) {
+        return contracts_usage_error(
+            "%s is required", file == NULL ? "--config FILE" : "--out DIR");
     }
 
     shared_config_t *sc = NULL;
@@ -486,6 +512,11 @@ static void on_worker_exited(uv_async_t *a)
 int main(int argc, char **argv)
 {
     if (argc >= 2 && strcmp(argv[1], "check") == 0) {
+        if (argc == 3 &&
+            (strcmp(argv[2], "--help") == 0 || strcmp(argv[2], "-h") == 0)) {
+            printf("Usage: tutti check FILE\n");
+            return 0;
+        }
         if (argc != 3) {
             fprintf(stderr, "Usage: tutti check FILE\n");
             return 2;

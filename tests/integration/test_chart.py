@@ -140,8 +140,9 @@ def test_chart_rejects_old_kubernetes(helm):
     {"podDisruptionBudget": {"maxUnavailable": "half"}},
     {"serviceMonitor": {"interval": "often"}},
     {"unknownKey": True},
+    {"gateway": {"drainDelayMs": 2147483648}},
 ], ids=["extra-listen", "negative-drain", "no-routes", "pdb-not-percent",
-        "bad-interval", "unknown-key"])
+        "bad-interval", "unknown-key", "drain-past-int32"])
 def test_chart_schema_rejects(helm, tmp_path, values):
     values_file = tmp_path / "values.json"
     values_file.write_text(json.dumps(values))
@@ -149,6 +150,16 @@ def test_chart_schema_rejects(helm, tmp_path, values):
                 str(values_file)])
     assert done.returncode != 0, done.stdout
     assert "schema" in done.stderr, done.stderr
+
+
+def test_chart_rejects_admin_on_gateway_port(helm, tmp_path):
+    values_file = tmp_path / "values.json"
+    values_file.write_text(json.dumps({"gateway": {"adminPort": 8080}}))
+    done = run([helm, "template", "gw", str(CHART), "--values",
+                str(values_file)])
+    assert done.returncode != 0, done.stdout
+    assert ("gateway.port and gateway.adminPort are both 8080: give the "
+            "admin listener a port of its own") in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("values", [None, CUSTOM_VALUES],

@@ -71,6 +71,16 @@ def add_duplicate_route(config):
     config["routes"].append(copy.deepcopy(config["routes"][0]))
 
 
+def set_admin_on_listen_port(config):
+    config["listen"] = "127.0.0.1:9400"
+    config["admin"] = {"listen": "localhost:9400"}
+
+
+def set_admin_on_wildcard_port(config):
+    config["listen"] = "0.0.0.0:9400"
+    config["admin"] = {"listen": "127.0.0.2:9400"}
+
+
 BAD_CASES = [
     pytest.param(set_service,
                  'gw.json: routes[1].calls[0].service: unknown service '
@@ -99,6 +109,14 @@ BAD_CASES = [
     pytest.param(add_duplicate_route,
                  'gw.json: routes[2]: duplicate route GET /dashboard/{user} '
                  '(same as routes[0])', id="duplicate-route"),
+    pytest.param(set_admin_on_listen_port,
+                 'gw.json: admin.listen: port 9400 is also the gateway\'s '
+                 'listen port; give the admin listener a port of its own',
+                 id="admin-same-port"),
+    pytest.param(set_admin_on_wildcard_port,
+                 'gw.json: admin.listen: port 9400 is also the gateway\'s '
+                 'listen port; give the admin listener a port of its own',
+                 id="admin-port-under-wildcard"),
 ]
 
 # The '}' on line 3, column 5, is where a key was expected.
@@ -139,6 +157,18 @@ def test_check_reports_problem(tmp_path, change, line):
 
     assert result.returncode == 2, result
     assert result.stderr.splitlines() == [line], result.stderr
+
+
+def test_check_admin_on_another_address(tmp_path):
+    """One port on two distinct addresses is allowed: both binds work."""
+    config = copy.deepcopy(GOOD)
+    config["listen"] = "127.0.0.1:9400"
+    config["admin"] = {"listen": "127.0.0.2:9400"}
+    write(tmp_path, config)
+
+    result = run_tutti(["check", "gw.json"], cwd=tmp_path)
+
+    assert result.returncode == 0, result
 
 
 def test_check_invalid_json(tmp_path):

@@ -132,12 +132,29 @@ def test_contracts_bad_config_like_check(tmp_path):
     assert not (tmp_path / "pacts").exists()
 
 
-def test_contracts_usage_errors(tmp_path):
-    for args in (["contracts"], ["contracts", "--config", str(DEMO)],
-                 ["contracts", "--out", "x", "--bogus", "y"]):
+@pytest.mark.parametrize("args,problem", [
+    ([], "--config FILE is required"),
+    (["--config", "x.json"], "--out DIR is required"),
+    (["--out", "x", "--bogus", "y"], "--bogus: unknown argument"),
+    (["--config"], "--config: missing value"),
+    (["--config", "a", "--config", "b", "--out", "x"],
+     "--config: given twice"),
+    (["--config", "a", "--out", ""], "--out: empty value"),
+])
+def test_contracts_usage_errors(tmp_path, args, problem):
+    result = run_tutti(["contracts"] + args, tmp_path)
+    assert result.returncode == 2, args
+    assert result.stderr.splitlines() == [
+        f"tutti contracts: {problem}",
+        "Usage: tutti contracts --config FILE --out DIR"], result.stderr
+
+
+def test_contracts_and_check_help(tmp_path):
+    for args in (["contracts", "--help"], ["check", "--help"]):
         result = run_tutti(args, tmp_path)
-        assert result.returncode == 2, args
-        assert "Usage: tutti contracts" in result.stderr
+        assert result.returncode == 0, result
+        assert result.stdout.startswith("Usage: tutti "), result
+        assert result.stderr == ""
 
 
 def verify(pact_file, port):
@@ -260,6 +277,20 @@ def test_contracts_verify_accepts_other_2xx(tmp_path, faultd, pact_cli,
     pacts = tmp_path / "pacts"
     emit(path, pacts, tmp_path)
     result = verify(pacts / "tutti-faulty.json", faultd.port)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_contracts_head_call_needs_no_body(tmp_path, faultd, pact_cli):
+    """A HEAD response has no body, so the pact asks for none."""
+    config = fault_config("status=200")
+    config["routes"][0]["calls"][0]["method"] = "HEAD"
+    path = tmp_path / "tutti.json"
+    path.write_text(json.dumps(config))
+    pacts = emit(path, tmp_path / "pacts", tmp_path)
+    [interaction] = pacts["tutti-faulty.json"]["interactions"]
+    assert "body" not in interaction["response"]
+    assert list(interaction["response"]["matchingRules"]) == ["status"]
+    result = verify(tmp_path / "pacts" / "tutti-faulty.json", faultd.port)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -53,6 +53,9 @@ terminationGracePeriodSeconds of the Deployment always match them.
 */}}
 {{- define "tutti.config" -}}
 {{- $g := .Values.gateway }}
+{{- if eq (int $g.port) (int $g.adminPort) }}
+{{- fail (printf "gateway.port and gateway.adminPort are both %d: give the admin listener a port of its own" (int $g.port)) }}
+{{- end }}
 {{- $cfg := deepCopy $g.extraConfig }}
 {{- $_ := set $cfg "listen" (printf "0.0.0.0:%d" (int $g.port)) }}
 {{- $_ = set $cfg "admin" (dict "listen" (printf "0.0.0.0:%d" (int $g.adminPort))) }}
