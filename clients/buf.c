@@ -8,7 +8,7 @@
 
 #include "errors.h"
 
-static int buf_reserve(buf_t *b, size_t extra)
+int buf_reserve(buf_t *b, size_t extra)
 {
     size_t need = b->len + extra + 1;
     if (need <= b->cap) {
@@ -83,4 +83,19 @@ void buf_free(buf_t *b)
     b->data = NULL;
     b->len = 0;
     b->cap = 0;
+}
+
+
+int hex_digit_value(unsigned char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
 }

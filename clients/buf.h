@@ -10,6 +10,10 @@ typedef struct buf_s {
     size_t cap;
 } buf_t;
 
+/* Makes room for |extra| more bytes and the NUL after them, without
+ * changing len. Returns 0 or TE_NOMEM. */
+int buf_reserve(buf_t *b, size_t extra);
+
 /* Appends |n| bytes; keeps data NUL-terminated. Returns 0 or TE_NOMEM. */
 int buf_append(buf_t *b, const void *p, size_t n);
 int buf_appendf(buf_t *b, const char *fmt, ...)
@@ -17,5 +21,8 @@ int buf_appendf(buf_t *b, const char *fmt, ...)
 int buf_append_str(buf_t *b, const char *s);
 void buf_reset(buf_t *b);
 void buf_free(buf_t *b);
+
+/* The value of the hexadecimal digit |c| (either case), or -1. */
+int hex_digit_value(unsigned char c);
 
 #endif

@@ -47,6 +47,11 @@ typedef struct h1_conn_s h1_conn_t;
 struct h1_conn_s {
     transport_t transport; /* transport.data points back here */
     uv_timer_t timer;      /* idle timeout; timer.data points back here */
+    /* uv_now() at which the connection, while idle, is closed. The timer
+     * is not stopped when the connection is taken for a call, so that a
+     * busy connection costs no timer operation per call. When it fires
+     * early (the connection was busy in between), it is re-armed. */
+    uint64_t idle_deadline_ms;
     int handles; /* the transport and the timer, until each is closed */
     h1_pool_t *pool;
     conn_state_t state;
@@ -152,7 +157,6 @@ static void idle_remove(h1_conn_t *conn)
     }
     conn->idle_prev = NULL;
     conn->idle_next = NULL;
-    uv_timer_stop(&conn->timer);
 }
 
 
@@ -338,10 +342,16 @@ static void on_conn_timer(uv_timer_t *timer)
     h1_conn_t *conn = timer->data;
     h1_pool_t *pool = conn->pool;
 
-    if (conn->state == CONN_IDLE) {
-        conn_close(conn);
-        pool_dispatch(pool);
+    if (conn->state != CONN_IDLE) {
+        return; /* conn_make_idle arms the timer again */
     }
+    uint64_t now = uv_now(pool->loop);
+    if (now < conn->idle_deadline_ms) {
+        uv_timer_start(timer, on_conn_timer, conn->idle_deadline_ms - now, 0);
+        return;
+    }
+    conn_close(conn);
+    pool_dispatch(pool);
 }
 
 
@@ -367,7 +377,13 @@ static void conn_make_idle(h1_conn_t *conn)
         pool->idle->idle_prev = conn;
     }
     pool->idle = conn;
-    uv_timer_start(&conn->timer, on_conn_timer, idle_ms, 0);
+    conn->idle_deadline_ms = uv_now(pool->loop) + idle_ms;
+    /* A timer still armed from an earlier idle period fires no later than
+     * this one needs, unless the server shortened its Keep-Alive. */
+    if (!uv_is_active((uv_handle_t *)&conn->timer) ||
+        uv_timer_get_due_in(&conn->timer) > idle_ms) {
+        uv_timer_start(&conn->timer, on_conn_timer, idle_ms, 0);
+    }
     pool_dispatch(pool);
 }
 
@@ -878,41 +894,83 @@ static void on_write(transport_t *t, int err, void *arg)
  * caller's copy must be dropped rather than sent twice. */
 static int is_pool_field(const char *name)
 {
-    static const char *const fields[] = {"host", "content-length", "connection",
-                                         "transfer-encoding"};
-
-    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
-        if (strcasecmp(name, fields[i]) == 0) {
-            return 1;
-        }
+    /* The first letter rules out most fields without a comparison. */
+    switch (name[0] | 0x20) {
+    case 'h':
+        return strcasecmp(name, "host") == 0;
+    case 'c':
+        return strcasecmp(name, "content-length") == 0 ||
+               strcasecmp(name, "connection") == 0;
+    case 't':
+        return strcasecmp(name, "transfer-encoding") == 0;
+    default:
+        return 0;
     }
-    return 0;
 }
 
 
+/* Copies |n| bytes of |src| to |p| and returns the end of the copy. */
+static char *put(char *p, const char *src, size_t n)
+{
+    memcpy(p, src, n);
+    return p + n;
+}
+
+
+/* Builds the request line and header section: the length first, then
+ * plain copies into one allocation, because this runs for every call and
+ * printf-style formatting cost more than the copying itself. */
 static int build_head(buf_t *head, const upcall_t *call)
 {
-    buf_reset(head);
-    if (buf_appendf(head, "%s %s HTTP/1.1\r\nHost: %s\r\n", call->method,
-                    call->path, call->authority) != 0) {
-        return TE_NOMEM;
-    }
+    size_t method_len = strlen(call->method);
+    size_t path_len = strlen(call->path);
+    size_t authority_len = strlen(call->authority);
+    /* "M P HTTP/1.1\r\nHost: A\r\n" and the final CRLF. */
+    size_t total = method_len + 1 + path_len + 17 + authority_len + 2 + 2;
+    char length_line[48] = "";
+    size_t length_len = 0;
+
     for (size_t i = 0; i < call->nheaders; i++) {
-        if (is_pool_field(call->headers[i].name)) {
-            continue;
-        }
-        if (buf_appendf(head, "%s: %s\r\n", call->headers[i].name,
-                        call->headers[i].value) != 0) {
-            return TE_NOMEM;
+        if (!is_pool_field(call->headers[i].name)) {
+            total += strlen(call->headers[i].name) + 2 +
+                     strlen(call->headers[i].value) + 2;
         }
     }
     /* Content-Length: 0 too, so that a server expecting a body (POST)
      * does not wait for one. */
-    if (call->body != NULL &&
-        buf_appendf(head, "Content-Length: %zu\r\n", call->body_len) != 0) {
+    if (call->body != NULL) {
+        length_len =
+            (size_t)snprintf(length_line, sizeof(length_line),
+                             "Content-Length: %zu\r\n", call->body_len);
+        total += length_len;
+    }
+
+    buf_reset(head);
+    if (buf_reserve(head, total) != 0) {
         return TE_NOMEM;
     }
-    return buf_append(head, "\r\n", 2);
+    char *p = head->data;
+    p = put(p, call->method, method_len);
+    *p++ = ' ';
+    p = put(p, call->path, path_len);
+    p = put(p, " HTTP/1.1\r\nHost: ", 17);
+    p = put(p, call->authority, authority_len);
+    p = put(p, "\r\n", 2);
+    for (size_t i = 0; i < call->nheaders; i++) {
+        const upcall_header_t *h = &call->headers[i];
+        if (is_pool_field(h->name)) {
+            continue;
+        }
+        p = put(p, h->name, strlen(h->name));
+        p = put(p, ": ", 2);
+        p = put(p, h->value, strlen(h->value));
+        p = put(p, "\r\n", 2);
+    }
+    p = put(p, length_line, length_len);
+    p = put(p, "\r\n", 2);
+    *p = '\0';
+    head->len = (size_t)(p - head->data);
+    return 0;
 }
 
 
@@ -956,7 +1014,23 @@ static int conn_start(h1_conn_t *conn, upcall_t *call)
     conn->body_expected = UINT64_MAX;
     conn->body_received = 0;
 
-    rc = transport_write(&conn->transport, bufs, nbufs, on_write, conn);
+    /* Most requests fit in the socket buffer at once; only a rest left
+     * over goes through a write request and on_write. */
+    size_t sent = transport_try_write(&conn->transport, bufs, nbufs);
+    unsigned int first = 0;
+    while (first < nbufs && sent >= bufs[first].len) {
+        sent -= bufs[first].len;
+        first++;
+    }
+    if (first == nbufs) {
+        conn->writing = 0;
+        call->phase = UPCALL_WAITING;
+        return 0;
+    }
+    bufs[first].base += sent;
+    bufs[first].len -= sent;
+    rc = transport_write(&conn->transport, bufs + first, nbufs - first,
+                         on_write, conn);
     if (rc == TE_NOMEM) {
         snprintf(call->errmsg, sizeof(call->errmsg),
                  "out of memory sending the request to %s",
@@ -1184,7 +1258,9 @@ int h1_pool_submit(h1_pool_t *pool, upcall_t *call)
     call->stream_id = 0;
     call->queue_next = NULL;
     buf_reset(&call->body_out);
-    snprintf(call->endpoint, sizeof(call->endpoint), "%s", pool->endpoint);
+    size_t endpoint_len = strnlen(pool->endpoint, sizeof(call->endpoint) - 1);
+    memcpy(call->endpoint, pool->endpoint, endpoint_len);
+    call->endpoint[endpoint_len] = '\0';
 
     /* Earlier waiting calls go first. */
     if (pool->queue_head != NULL ||

@@ -1603,7 +1603,9 @@ int h2_pool_submit(h2_pool_t *pool, upcall_t *call)
     call->stream_id = 0;
     call->pool_conn = NULL;
     call->phase = UPCALL_CONNECTING;
-    snprintf(call->endpoint, sizeof(call->endpoint), "%s", pool->endpoint);
+    size_t endpoint_len = strnlen(pool->endpoint, sizeof(call->endpoint) - 1);
+    memcpy(call->endpoint, pool->endpoint, endpoint_len);
+    call->endpoint[endpoint_len] = '\0';
 
     h2_stream_t *st = calloc(1, sizeof(*st));
     if (st == NULL) {

@@ -1058,6 +1058,18 @@ int transport_write(transport_t *t, const uv_buf_t *bufs, unsigned nbufs,
 }
 
 
+size_t transport_try_write(transport_t *t, const uv_buf_t *bufs, unsigned nbufs)
+{
+    if (t->tls != NULL || !t->connected || t->closing || t->failed ||
+        t->writes_head != NULL || nbufs == 0) {
+        return 0;
+    }
+    /* uv_try_write returns UV_EAGAIN while libuv still queues bytes. */
+    int n = uv_try_write((uv_stream_t *)&t->tcp, bufs, nbufs);
+    return n > 0 ? (size_t)n : 0;
+}
+
+
 /* uv_close_cb for both handles. Writes that never reached libuv fail
  * once the socket is gone, and on_close comes after both handles. */
 static void on_handle_close(uv_handle_t *handle)

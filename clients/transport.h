@@ -117,6 +117,16 @@ int transport_connect(transport_t *t, uv_loop_t *loop,
 int transport_write(transport_t *t, const uv_buf_t *bufs, unsigned nbufs,
                     transport_write_cb done, void *arg);
 
+/* Writes as much of |bufs| as the socket takes at once, without a write
+ * request and without a callback, when the transport is cleartext,
+ * connected, not closing and has no write pending; else writes nothing.
+ * Returns the number of bytes written; the caller passes the rest, if
+ * any, to transport_write. A socket error also returns 0, and the
+ * transport_write of the same bytes then reports it. It saves the
+ * epoll_ctl that libuv 1.44 makes after each completed uv_write. */
+size_t transport_try_write(transport_t *t, const uv_buf_t *bufs,
+                           unsigned nbufs);
+
 /* Closes the connection at once (no wait for a TLS close_notify). Write
  * callbacks still pending get TE_RESET, in order, then on_close follows,
  * once both libuv handles are closed. No other callback follows. Safe to

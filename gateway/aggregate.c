@@ -1,10 +1,12 @@
 /* Response bodies and status mapping. */
 #include "aggregate.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
 #include "errors.h"
 
 static const char *const kind_names[] = {
@@ -123,6 +125,279 @@ char *aggregate_simple_error(const char *kind, const char *message, size_t *len)
 }
 
 
+/* Nesting that the quick scan follows. A deeper body goes to jansson,
+ * whose own limit is 2048 levels (JSON_PARSER_MAX_DEPTH in 2.14). */
+#define QUICK_SCAN_MAX_DEPTH 64
+
+/* A number whose integer digits plus exponent stay within this bound is
+ * below 1e300, so strtod cannot overflow on it, which jansson with
+ * JSON_DECODE_INT_AS_REAL would report as an error. */
+#define QUICK_SCAN_MAX_MAGNITUDE 300
+
+/* The quick scan reads a body without allocating. It accepts only what
+ * jansson 2.14's json_loadb with the flags of aggregate_check_body also
+ * accepts, and gives up (returns false) on anything else or anything
+ * rarer: control bytes and invalid UTF-8 in strings, \u0000 and
+ * surrogate escapes, numbers near the range of a double, deep nesting.
+ * jansson then decides and writes the error message, so the result and
+ * the message are the same as with jansson alone. */
+typedef struct quick_scan_s {
+    const unsigned char *p;
+    const unsigned char *end;
+} quick_scan_t;
+
+static bool scan_value(quick_scan_t *s, int depth);
+
+
+static void scan_space(quick_scan_t *s)
+{
+    while (s->p < s->end &&
+           (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r')) {
+        s->p++;
+    }
+}
+
+
+static bool scan_word(quick_scan_t *s, const char *word, size_t len)
+{
+    if ((size_t)(s->end - s->p) < len || memcmp(s->p, word, len) != 0) {
+        return false;
+    }
+    s->p += len;
+    return true;
+}
+
+
+/* Skips one well-formed UTF-8 sequence of two to four bytes (RFC 3629:
+ * no overlong forms, no surrogates, nothing above U+10FFFF). */
+static bool scan_utf8(quick_scan_t *s)
+{
+    const unsigned char *p = s->p;
+    size_t avail = (size_t)(s->end - p);
+    unsigned char lo = 0x80;
+    unsigned char hi = 0xbf;
+    size_t n;
+
+    if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+        n = 2;
+    } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+        n = 3;
+        lo = p[0] == 0xe0 ? 0xa0 : 0x80;
+        hi = p[0] == 0xed ? 0x9f : 0xbf;
+    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+        n = 4;
+        lo = p[0] == 0xf0 ? 0x90 : 0x80;
+        hi = p[0] == 0xf4 ? 0x8f : 0xbf;
+    } else {
+        return false;
+    }
+    if (avail < n || p[1] < lo || p[1] > hi) {
+        return false;
+    }
+    for (size_t i = 2; i < n; i++) {
+        if (p[i] < 0x80 || p[i] > 0xbf) {
+            return false;
+        }
+    }
+    s->p += n;
+    return true;
+}
+
+
+static bool scan_escape(quick_scan_t *s)
+{
+    if (s->p >= s->end) {
+        return false;
+    }
+    if (strchr("\"\\/bfnrt", *s->p) != NULL && *s->p != '\0') {
+        s->p++;
+        return true;
+    }
+    if (*s->p != 'u' || s->end - s->p < 5) {
+        return false;
+    }
+    int code = 0;
+    for (int i = 1; i <= 4; i++) {
+        int v = hex_digit_value(s->p[i]);
+        if (v < 0) {
+            return false;
+        }
+        code = code * 16 + v;
+    }
+    /* jansson rejects NUL in a key and unpaired surrogates. */
+    if (code == 0 || (code >= 0xd800 && code <= 0xdfff)) {
+        return false;
+    }
+    s->p += 5;
+    return true;
+}
+
+
+static bool scan_string(quick_scan_t *s)
+{
+    s->p++; /* the opening quote */
+    while (s->p < s->end) {
+        unsigned char c = *s->p;
+        if (c == '"') {
+            s->p++;
+            return true;
+        }
+        if (c == '\\') {
+            s->p++;
+            if (!scan_escape(s)) {
+                return false;
+            }
+        } else if (c < 0x20) {
+            return false;
+        } else if (c < 0x80) {
+            s->p++;
+        } else if (!scan_utf8(s)) {
+            return false;
+        }
+    }
+    return false;
+}
+
+
+static size_t scan_digits(quick_scan_t *s)
+{
+    const unsigned char *start = s->p;
+    while (s->p < s->end && *s->p >= '0' && *s->p <= '9') {
+        s->p++;
+    }
+    return (size_t)(s->p - start);
+}
+
+
+static bool scan_number(quick_scan_t *s)
+{
+    if (*s->p == '-') {
+        s->p++;
+    }
+    if (s->p >= s->end || *s->p < '0' || *s->p > '9') {
+        return false;
+    }
+    size_t int_digits = 1;
+    if (*s->p == '0') {
+        s->p++;
+    } else {
+        int_digits = scan_digits(s);
+    }
+    if (s->p < s->end && *s->p == '.') {
+        s->p++;
+        if (scan_digits(s) == 0) {
+            return false;
+        }
+    }
+    long exponent = 0;
+    if (s->p < s->end && (*s->p == 'e' || *s->p == 'E')) {
+        s->p++;
+        bool negative = false;
+        if (s->p < s->end && (*s->p == '+' || *s->p == '-')) {
+            negative = *s->p == '-';
+            s->p++;
+        }
+        const unsigned char *digits = s->p;
+        size_t n = scan_digits(s);
+        if (n == 0 || n > 4) {
+            return false;
+        }
+        for (size_t i = 0; i < n; i++) {
+            exponent = exponent * 10 + (digits[i] - '0');
+        }
+        if (negative) {
+            exponent = -exponent;
+        }
+    }
+    return (long)int_digits + exponent <= QUICK_SCAN_MAX_MAGNITUDE;
+}
+
+
+/* Scans an array or an object, |s->p| on its opening bracket. */
+static bool scan_container(quick_scan_t *s, int depth)
+{
+    bool object = *s->p == '{';
+    unsigned char close = object ? '}' : ']';
+
+    if (depth >= QUICK_SCAN_MAX_DEPTH) {
+        return false;
+    }
+    s->p++;
+    scan_space(s);
+    if (s->p < s->end && *s->p == close) {
+        s->p++;
+        return true;
+    }
+    for (;;) {
+        if (object) {
+            scan_space(s);
+            if (s->p >= s->end || *s->p != '"' || !scan_string(s)) {
+                return false;
+            }
+            scan_space(s);
+            if (s->p >= s->end || *s->p != ':') {
+                return false;
+            }
+            s->p++;
+        }
+        if (!scan_value(s, depth + 1)) {
+            return false;
+        }
+        scan_space(s);
+        if (s->p >= s->end) {
+            return false;
+        }
+        if (*s->p == close) {
+            s->p++;
+            return true;
+        }
+        if (*s->p != ',') {
+            return false;
+        }
+        s->p++;
+    }
+}
+
+
+static bool scan_value(quick_scan_t *s, int depth)
+{
+    scan_space(s);
+    if (s->p >= s->end) {
+        return false;
+    }
+    switch (*s->p) {
+    case '{':
+    case '[':
+        return scan_container(s, depth);
+    case '"':
+        return scan_string(s);
+    case 't':
+        return scan_word(s, "true", 4);
+    case 'f':
+        return scan_word(s, "false", 5);
+    case 'n':
+        return scan_word(s, "null", 4);
+    default:
+        return (*s->p >= '0' && *s->p <= '9') || *s->p == '-' ? scan_number(s)
+                                                              : false;
+    }
+}
+
+
+/* Returns true when |body| is certainly one JSON text that jansson
+ * accepts; false when it is not, or when the scan cannot tell. */
+static bool json_quick_valid(const char *body, size_t len)
+{
+    quick_scan_t s = {(const unsigned char *)body,
+                      (const unsigned char *)body + len};
+    if (!scan_value(&s, 0)) {
+        return false;
+    }
+    scan_space(&s);
+    return s.p == s.end;
+}
+
+
 int aggregate_check_body(int status, const char *body, size_t len, char *why,
                          size_t whylen)
 {
@@ -133,6 +408,9 @@ int aggregate_check_body(int status, const char *body, size_t len, char *why,
         snprintf(why, whylen,
                  "empty response body with status %d; expected JSON", status);
         return TE_BAD_RESPONSE;
+    }
+    if (json_quick_valid(body, len)) {
+        return 0;
     }
     /* Integers beyond 64 bits are valid JSON; decoding them as reals lets
      * the check accept them. The body itself is passed on unchanged. */
@@ -150,18 +428,64 @@ int aggregate_check_body(int status, const char *body, size_t len, char *why,
 }
 
 
+/* Appends |s| as a JSON string, escaped as jansson's json_dumps escapes
+ * it without flags: quote, backslash and control bytes only. |s| is a
+ * name from the configuration, which jansson loaded, so it is valid
+ * UTF-8. */
+static int append_json_string(buf_t *out, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    int rc = buf_append(out, "\"", 1);
+    const char *run = s;
+
+    for (const char *p = s; *p != '\0'; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            continue;
+        }
+        rc |= buf_append(out, run, (size_t)(p - run));
+        run = p + 1;
+        char esc[6] = {'\\', (char)c};
+        size_t n = 2;
+        switch (c) {
+        case '"':
+        case '\\':
+            break;
+        case '\b':
+            esc[1] = 'b';
+            break;
+        case '\f':
+            esc[1] = 'f';
+            break;
+        case '\n':
+            esc[1] = 'n';
+            break;
+        case '\r':
+            esc[1] = 'r';
+            break;
+        case '\t':
+            esc[1] = 't';
+            break;
+        default:
+            memcpy(esc + 1, "u00", 3);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 0xf];
+            n = 6;
+            break;
+        }
+        rc |= buf_append(out, esc, n);
+    }
+    rc |= buf_append_str(out, run);
+    rc |= buf_append(out, "\"", 1);
+    return rc;
+}
+
+
 static int open_member(buf_t *out, const char *name)
 {
-    int rc = buf_append_str(out, out->len == 0 ? "{" : ",");
-    json_t *k = json_string(name);
-    char *key = k != NULL ? json_dumps(k, JSON_ENCODE_ANY) : NULL;
-    json_decref(k);
-    if (key == NULL) {
-        return TE_NOMEM;
-    }
-    rc |= buf_append_str(out, key);
-    free(key);
-    rc |= buf_append_str(out, ":");
+    int rc = buf_append(out, out->len == 0 ? "{" : ",", 1);
+    rc |= append_json_string(out, name);
+    rc |= buf_append(out, ":", 1);
     return rc != 0 ? TE_NOMEM : 0;
 }
 

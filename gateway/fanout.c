@@ -53,6 +53,7 @@ struct fanout_s {
     uint64_t start_ns;
     uint64_t deadline_ns;
     uv_timer_t timer;
+    uint64_t timer_expire_ns; /* the expiry the running timer was set for */
     fcall_t *calls;
     size_t ncalls;
     size_t pending;
@@ -269,6 +270,14 @@ static void schedule_timer(fanout_t *fo)
         uv_timer_stop(&fo->timer);
         return;
     }
+    /* Calls usually share the deadline, so when a call ends the running
+     * timer is mostly set for the earliest expiry already and is left as
+     * it is. */
+    if (next == fo->timer_expire_ns &&
+        uv_is_active((uv_handle_t *)&fo->timer)) {
+        return;
+    }
+    fo->timer_expire_ns = next;
     uint64_t now = uv_hrtime();
     /* Round up: a timeout must never fire before its time. */
     uint64_t ms = next > now ? (next - now + NS_PER_MS - 1) / NS_PER_MS : 0;
@@ -392,6 +401,22 @@ static int add_call_headers(fanout_t *fo, fcall_t *fc,
 }
 
 
+/* Writes |v| in decimal and a NUL to |out|, which has room for 21 bytes. */
+static void format_decimal(uint64_t v, char *out)
+{
+    char digits[20];
+    size_t n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0);
+    for (size_t i = 0; i < n; i++) {
+        out[i] = digits[n - 1 - i];
+    }
+    out[n] = '\0';
+}
+
+
 static int prepare_call(fanout_t *fo, fcall_t *fc, const call_t *conf,
                         const fanout_request_t *req, uint64_t now)
 {
@@ -412,8 +437,7 @@ static int prepare_call(fanout_t *fo, fcall_t *fc, const call_t *conf,
         }
     }
     uint64_t budget = fc->expire_ns > now ? fc->expire_ns - now : 0;
-    snprintf(fc->timeout_header, sizeof(fc->timeout_header), "%llu",
-             (unsigned long long)(budget / NS_PER_MS));
+    format_decimal(budget / NS_PER_MS, fc->timeout_header);
 
     bool send_body = conf->forward_body && req->body_len > 0;
     if (add_call_headers(fo, fc, req, send_body) != 0) {

@@ -350,6 +350,42 @@ int headers_forwarded(const upcall_header_t *fields, size_t n, const char *peer,
 }
 
 
+/* Size of a block of header_list_t strings: room for the fields tutti
+ * sends on a typical call (about 300 bytes), and small enough for glibc's
+ * per-thread cache of freed chunks (up to 1032 bytes). A longer field
+ * gets a block of its own size. */
+#define HEADER_BLOCK_SIZE 480
+
+struct header_block_s {
+    struct header_block_s *next;
+    size_t used;
+    size_t size;
+    char data[];
+};
+
+
+/* Returns |n| bytes of string storage of |l|, or NULL. Earlier strings
+ * never move, because a full block is left as it is. */
+static char *header_list_alloc(header_list_t *l, size_t n)
+{
+    struct header_block_s *b = l->blocks;
+    if (b == NULL || b->size - b->used < n) {
+        size_t size = n > HEADER_BLOCK_SIZE ? n : HEADER_BLOCK_SIZE;
+        b = malloc(sizeof(*b) + size);
+        if (b == NULL) {
+            return NULL;
+        }
+        b->next = l->blocks;
+        b->used = 0;
+        b->size = size;
+        l->blocks = b;
+    }
+    char *p = b->data + b->used;
+    b->used += n;
+    return p;
+}
+
+
 int header_list_add(header_list_t *l, const char *name, const char *value)
 {
     if (l->count == l->cap) {
@@ -363,7 +399,7 @@ int header_list_add(header_list_t *l, const char *name, const char *value)
     }
     size_t nlen = strlen(name);
     size_t vlen = strlen(value);
-    char *block = malloc(nlen + vlen + 2);
+    char *block = header_list_alloc(l, nlen + vlen + 2);
     if (block == NULL) {
         return TE_NOMEM;
     }
@@ -391,9 +427,10 @@ const char *header_list_get(const header_list_t *l, const char *name)
 
 void header_list_free(header_list_t *l)
 {
-    for (size_t i = 0; i < l->count; i++) {
-        /* The value lives in the same allocation as the name. */
-        free((char *)l->items[i].name);
+    while (l->blocks != NULL) {
+        struct header_block_s *b = l->blocks;
+        l->blocks = b->next;
+        free(b);
     }
     free(l->items);
     *l = (header_list_t){0};

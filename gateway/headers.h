@@ -40,12 +40,17 @@ typedef struct cidr_s {
     unsigned prefix; /* bits, at most 32 or 128 */
 } cidr_t;
 
-/* Header fields of one call. Each item's name and value are one
- * allocation owned by the list; the name is in lower case. */
+struct header_block_s;
+
+/* Header fields of one call. The names and values are copies in blocks
+ * owned by the list, a few fields to a block, so that a call's fields
+ * cost one or two allocations; the names are in lower case. A list that
+ * is all zeros is empty. */
 typedef struct header_list_s {
     upcall_header_t *items;
     size_t count;
     size_t cap;
+    struct header_block_s *blocks; /* storage of the strings, newest first */
 } header_list_t;
 
 /* What the policy needs from one inbound request. The fields are

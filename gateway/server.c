@@ -34,6 +34,22 @@ static atomic_uint_least64_t requests_shed;
 static atomic_uint_least64_t connections_refused_limit;
 static atomic_uint_least64_t connections_refused_fd;
 
+/* tutti's state of one inbound connection, from MHD's
+ * MHD_CONNECTION_NOTIFY_STARTED to MHD_CONNECTION_NOTIFY_CLOSED: the
+ * client-abort watch and the peer address as text.
+ *
+ * A suspended MHD connection is not polled by MHD, so the watch is how
+ * tutti learns that the client went away while a fan-out runs. It polls
+ * only for a hang-up (EPOLLRDHUP, EPOLLHUP, EPOLLERR), never for readable
+ * data, so it costs no system call per request and a pipelined request
+ * does not wake it. */
+typedef struct client_watch_s {
+    uv_poll_t poll;
+    req_t *running;     /* the request suspended on this connection, or NULL */
+    bool active;        /* the poll is started */
+    char peer_text[64]; /* for X-Forwarded-For, formatted once */
+} client_watch_t;
+
 typedef enum {
     REQ_BODY = 0, /* reading the inbound body */
     REQ_RUNNING,  /* fan-out in flight, MHD connection suspended */
@@ -67,11 +83,7 @@ struct req_s {
     bool close_after; /* answer with Connection: close */
     bool queued;      /* MHD_queue_response was called */
     fanout_t *fo;
-    uv_poll_t client_poll;
-    int client_fd;
-    bool poll_active;
-    bool poll_open;
-    bool completed; /* MHD reported the request complete */
+    client_watch_t *watch; /* its connection's, while the request runs */
     bool client_gone;
     bool suspended;
     bool holds_slot;  /* counted in requests_in_flight */
@@ -110,18 +122,30 @@ static uint64_t next_random(worker_t *w)
 }
 
 
-static bool valid_request_id(const char *s)
+/* Returns the length of |s| when it is a valid request id, else 0. */
+static size_t valid_request_id(const char *s)
 {
-    size_t n = strlen(s);
+    size_t n = strnlen(s, REQUEST_ID_MAX + 1);
     if (n == 0 || n > REQUEST_ID_MAX) {
-        return false;
+        return 0;
     }
     for (size_t i = 0; i < n; i++) {
         if (s[i] < 0x21 || s[i] > 0x7e) {
-            return false;
+            return 0;
         }
     }
-    return true;
+    return n;
+}
+
+
+/* Writes |v| as 16 lowercase hex digits. */
+static void hex64(uint64_t v, char out[16])
+{
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 15; i >= 0; i--) {
+        out[i] = digits[v & 0xf];
+        v >>= 4;
+    }
 }
 
 
@@ -129,12 +153,14 @@ static void set_request_id(req_t *r)
 {
     const char *in =
         MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, "X-Request-Id");
-    if (in != NULL && valid_request_id(in)) {
-        snprintf(r->request_id, sizeof(r->request_id), "%s", in);
+    size_t n = in != NULL ? valid_request_id(in) : 0;
+    if (n > 0) {
+        memcpy(r->request_id, in, n + 1);
         return;
     }
-    snprintf(r->request_id, sizeof(r->request_id), "%016" PRIx64 "%016" PRIx64,
-             next_random(r->w), next_random(r->w));
+    hex64(next_random(r->w), r->request_id);
+    hex64(next_random(r->w), r->request_id + 16);
+    r->request_id[32] = '\0';
 }
 
 
@@ -221,31 +247,13 @@ static void req_free(req_t *r)
 }
 
 
-/* uv_close_cb: the client watcher is closed; the request may go. */
-static void on_client_poll_closed(uv_handle_t *h)
+/* Detaches |r| from its connection's watch, because the request no
+ * longer waits for its fan-out. MHD notices a later hang-up itself. */
+static void unwatch_client(req_t *r)
 {
-    req_t *r = h->data;
-    r->poll_open = false;
-    if (r->completed) {
-        req_free(r);
-    }
-}
-
-
-static void stop_client_watch(req_t *r)
-{
-    if (r->poll_active) {
-        uv_poll_stop(&r->client_poll);
-        r->poll_active = false;
-    }
-}
-
-
-static void close_client_watch(req_t *r)
-{
-    stop_client_watch(r);
-    if (r->poll_open && !uv_is_closing((uv_handle_t *)&r->client_poll)) {
-        uv_close((uv_handle_t *)&r->client_poll, on_client_poll_closed);
+    if (r->watch != NULL) {
+        r->watch->running = NULL;
+        r->watch = NULL;
     }
 }
 
@@ -264,7 +272,7 @@ static void resume(req_t *r)
 static void on_fanout_answer(fanout_t *fo, void *arg)
 {
     req_t *r = arg;
-    stop_client_watch(r);
+    unwatch_client(r);
     r->state = REQ_ANSWERED;
     r->status = fanout_status(fo);
     r->answer = fanout_take_body(fo, &r->answer_len);
@@ -279,35 +287,23 @@ static void on_fanout_answer(fanout_t *fo, void *arg)
 }
 
 
-/* uv_poll_cb: the suspended connection's socket is readable or hung up.
- * A suspended MHD connection is not polled by MHD, so this is how tutti
- * learns that the client went away while its fan-out runs. */
-static void on_client_event(uv_poll_t *p, int status, int events)
+/* uv_poll_cb: the client hung up or its socket failed. A running request
+ * on the connection is a client abort. */
+static void on_client_hangup(uv_poll_t *p, int status, int events)
 {
-    req_t *r = p->data;
-    char byte;
-    bool gone = status < 0;
+    client_watch_t *cw = p->data;
 
-    if (!gone) {
-        ssize_t n = recv(r->client_fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-        if (n == 0) {
-            gone = true;
-        } else if (n < 0) {
-            gone = errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
-        } else if (events & UV_DISCONNECT) {
-            gone = true;
-        } else {
-            /* A pipelined request is waiting; only a hang-up matters now,
-             * and a readable watch would fire on every iteration. */
-            uv_poll_start(p, UV_DISCONNECT, on_client_event);
-            return;
-        }
-    }
-    if (!gone || r->state != REQ_RUNNING) {
+    /* The poll is level-triggered and the hang-up stays reported, so it
+     * stops here. MHD notices the close itself when it next reads. A
+     * request suspended later starts the poll again (watch_client). */
+    uv_poll_stop(p);
+    cw->active = false;
+    req_t *r = cw->running;
+    if (r == NULL || r->state != REQ_RUNNING) {
         return;
     }
+    unwatch_client(r);
     r->client_gone = true;
-    stop_client_watch(r);
     fanout_abort(r->fo, CAUSE_CLIENT_ABORT);
     r->state = REQ_ANSWERED;
     r->status = 499;
@@ -317,25 +313,22 @@ static void on_client_event(uv_poll_t *p, int status, int events)
 }
 
 
+/* Links the running |r| to its connection's watch, and restarts the poll
+ * when an earlier hang-up stopped it, so that the hang-up is reported
+ * again at once. */
 static void watch_client(req_t *r)
 {
     const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (ci == NULL) {
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    client_watch_t *cw = ci != NULL ? ci->socket_context : NULL;
+    if (cw == NULL) {
         return;
     }
-    r->client_fd = ci->connect_fd;
-    if (uv_poll_init_socket(&r->w->loop, &r->client_poll, r->client_fd) != 0) {
-        log_msg(LOG_WARN, r->request_id,
-                "cannot watch the client socket; a client abort will be "
-                "noticed only at the answer");
-        return;
-    }
-    r->client_poll.data = r;
-    r->poll_open = true;
-    if (uv_poll_start(&r->client_poll, UV_READABLE | UV_DISCONNECT,
-                      on_client_event) == 0) {
-        r->poll_active = true;
+    cw->running = r;
+    r->watch = cw;
+    if (!cw->active &&
+        uv_poll_start(&cw->poll, UV_DISCONNECT, on_client_hangup) == 0) {
+        cw->active = true;
     }
 }
 
@@ -381,9 +374,15 @@ static int prepare_policy(req_t *r, headers_request_t *hr, policy_values_t *pv)
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     const struct sockaddr *peer = ci != NULL ? ci->client_addr : NULL;
-    char peer_text[64];
+    const union MHD_ConnectionInfo *ctx =
+        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    const client_watch_t *cw = ctx != NULL ? ctx->socket_context : NULL;
+    char own_text[64];
+    const char *peer_text = cw != NULL ? cw->peer_text : own_text;
 
-    headers_peer_text(peer, peer_text, sizeof(peer_text));
+    if (cw == NULL) {
+        headers_peer_text(peer, own_text, sizeof(own_text));
+    }
     bool trusted =
         headers_cidr_match(cfg->trusted_proxies, cfg->ntrusted_proxies, peer);
     int rc = headers_forwarded(r->inbound, r->ninbound, peer_text, trusted,
@@ -481,7 +480,9 @@ static bool apply_timeout_header(req_t *r)
     while (*end == ' ' || *end == '\t') {
         end++;
     }
-    if (errno != 0 || *end != '\0' || ms < 0) {
+    /* Digits past LLONG_MAX only mean "longer than the route allows". */
+    if ((errno != 0 && !(errno == ERANGE && ms == LLONG_MAX)) || *end != '\0' ||
+        ms < 0) {
         return false;
     }
     if (ms < r->budget_ms) {
@@ -722,7 +723,9 @@ static req_t *req_new(worker_t *w, struct MHD_Connection *conn, const char *url,
     r->conn = conn;
     r->start_ns = uv_hrtime();
     r->path = strdup(url);
-    snprintf(r->method, sizeof(r->method), "%s", method);
+    size_t method_len = strnlen(method, sizeof(r->method) - 1);
+    memcpy(r->method, method, method_len);
+    r->method[method_len] = '\0';
     set_request_id(r);
     MHD_get_connection_values_n(conn, MHD_HEADER_KIND, on_inbound_field, r);
     trace_begin(&r->trace,
@@ -824,6 +827,11 @@ static void add_trace_fields(json_t *f, const trace_ctx_t *trace)
 
 static void log_access(req_t *r)
 {
+    /* The line is built only when it is written: below the info level
+     * its JSON would cost a few microseconds per request for nothing. */
+    if (!log_enabled(LOG_INFO)) {
+        return;
+    }
     uint64_t now = uv_hrtime();
     json_t *f =
         json_pack("{s:s, s:s, s:s?, s:i, s:f}", "method", r->method, "path",
@@ -881,11 +889,8 @@ void server_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (r->holds_slot) {
         atomic_fetch_sub_explicit(&requests_in_flight, 1, memory_order_relaxed);
     }
-    r->completed = true;
-    close_client_watch(r);
-    if (!r->poll_open) {
-        req_free(r);
-    }
+    unwatch_client(r);
+    req_free(r);
     worker_request_done(w);
 }
 
@@ -939,14 +944,78 @@ void server_abort_all(worker_t *w)
 }
 
 
+/* uv_close_cb of a connection's watch. */
+static void on_client_watch_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+
+/* Starts watching the new connection |conn| for a hang-up. Returns the
+ * watch, or NULL (logged) when the socket cannot be watched. */
+static client_watch_t *client_watch_new(worker_t *w,
+                                        struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    client_watch_t *cw = calloc(1, sizeof(*cw));
+    if (cw == NULL) {
+        log_msg(LOG_WARN, NULL,
+                "cannot watch a client socket: out of memory; a client "
+                "abort on it will be noticed only at the response");
+        return NULL;
+    }
+    int rc = ci != NULL
+                 ? uv_poll_init_socket(&w->loop, &cw->poll, ci->connect_fd)
+                 : UV_EBADF;
+    if (rc != 0) {
+        free(cw);
+        log_msg(LOG_WARN, NULL,
+                "cannot watch a client socket: %s; a client abort on it "
+                "will be noticed only at the response",
+                uv_strerror(rc));
+        return NULL;
+    }
+    cw->poll.data = cw;
+    ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    headers_peer_text(ci != NULL ? ci->client_addr : NULL, cw->peer_text,
+                      sizeof(cw->peer_text));
+    if (uv_poll_start(&cw->poll, UV_DISCONNECT, on_client_hangup) == 0) {
+        cw->active = true;
+    }
+    return cw;
+}
+
+
+/* Closes the watch of a connection that MHD is closing. MHD calls
+ * MHD_CONNECTION_NOTIFY_CLOSED before it closes the socket, and uv_close
+ * takes the descriptor out of the loop's epoll set at once, so a new
+ * connection may reuse the descriptor number right away. */
+static void client_watch_close(client_watch_t *cw)
+{
+    if (cw->running != NULL) {
+        cw->running->watch = NULL;
+        cw->running = NULL;
+    }
+    uv_close((uv_handle_t *)&cw->poll, on_client_watch_closed);
+}
+
+
 void server_on_connection(void *cls, struct MHD_Connection *conn,
                           void **socket_context,
                           enum MHD_ConnectionNotificationCode toe)
 {
+    worker_t *w = cls;
+
     if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
         atomic_fetch_add_explicit(&connections_open, 1, memory_order_relaxed);
+        *socket_context = client_watch_new(w, conn);
     } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
         atomic_fetch_sub_explicit(&connections_open, 1, memory_order_relaxed);
+        if (*socket_context != NULL) {
+            client_watch_close(*socket_context);
+            *socket_context = NULL;
+        }
     }
 }
 

@@ -35,8 +35,10 @@ void server_abort_all(worker_t *w);
  * NULL when out of memory. */
 json_t *server_inflight_json(worker_t *w);
 
-/* MHD_NotifyConnectionCallback; counts the inbound connections open over
- * every worker. */
+/* MHD_NotifyConnectionCallback; |cls| is the worker. Counts the inbound
+ * connections open over every worker, and keeps in |socket_context| the
+ * connection's client-abort watch, from MHD_CONNECTION_NOTIFY_STARTED to
+ * MHD_CONNECTION_NOTIFY_CLOSED. */
 void server_on_connection(void *cls, struct MHD_Connection *conn,
                           void **socket_context,
                           enum MHD_ConnectionNotificationCode toe);

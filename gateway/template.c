@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
 #include "errors.h"
 
 #define QUERY_PREFIX "query."
@@ -20,21 +21,6 @@ static bool is_unreserved(unsigned char c)
         return true;
     }
     return c == '-' || c == '.' || c == '_' || c == '~';
-}
-
-
-static int hex_value(unsigned char c)
-{
-    if (c >= '0' && c <= '9') {
-        return c - '0';
-    }
-    if (c >= 'a' && c <= 'f') {
-        return c - 'a' + 10;
-    }
-    if (c >= 'A' && c <= 'F') {
-        return c - 'A' + 10;
-    }
-    return -1;
 }
 
 
@@ -189,8 +175,8 @@ static int check_literal_byte(const char *text, size_t i, char *err,
         return TE_INVALID;
     }
     if (c == '%') {
-        if (hex_value((unsigned char)text[i + 1]) < 0 ||
-            hex_value((unsigned char)text[i + 2]) < 0) {
+        if (hex_digit_value((unsigned char)text[i + 1]) < 0 ||
+            hex_digit_value((unsigned char)text[i + 2]) < 0) {
             snprintf(err, errlen,
                      "malformed escape at offset %zu: \"%%\" must be "
                      "followed by two hex digits",
@@ -438,8 +424,8 @@ int template_decode(char *s, bool plus)
             *w++ = *r;
             continue;
         }
-        int hi = hex_value((unsigned char)r[1]);
-        int lo = hi < 0 ? -1 : hex_value((unsigned char)r[2]);
+        int hi = hex_digit_value((unsigned char)r[1]);
+        int lo = hi < 0 ? -1 : hex_digit_value((unsigned char)r[2]);
         if (lo < 0) {
             return TE_INVALID;
         }

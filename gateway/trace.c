@@ -179,11 +179,16 @@ void trace_format_parent(const trace_ctx_t *ctx,
                          const uint8_t span[TRACE_SPAN_LEN],
                          char out[TRACEPARENT_LEN + 1])
 {
-    char trace_id[TRACE_ID_HEX];
-    char span_id[TRACE_SPAN_HEX];
-
-    trace_hex(ctx->trace_id, TRACE_ID_LEN, trace_id);
-    trace_hex(span, TRACE_SPAN_LEN, span_id);
-    snprintf(out, TRACEPARENT_LEN + 1, "00-%s-%s-%02x", trace_id, span_id,
-             ctx->flags);
+    /* "00-" TRACE-ID "-" SPAN-ID "-" FLAGS, written in place: one of these
+     * is formatted for every downstream call. */
+    char *p = out;
+    memcpy(p, "00-", 3);
+    p += 3;
+    trace_hex(ctx->trace_id, TRACE_ID_LEN, p);
+    p += 2 * TRACE_ID_LEN;
+    *p++ = '-';
+    trace_hex(span, TRACE_SPAN_LEN, p);
+    p += 2 * TRACE_SPAN_LEN;
+    *p++ = '-';
+    trace_hex(&ctx->flags, 1, p);
 }

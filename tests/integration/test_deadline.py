@@ -38,6 +38,20 @@ def test_header_never_lengthens_deadline(gateway, faultd):
     assert resp.elapsed < 0.8, resp
 
 
+def test_header_past_int64_is_capped(gateway, faultd):
+    """A value too large for any integer type is still a non-negative
+    integer: the route's deadline applies, as for 5000."""
+    gw = gateway({"svc": service(faultd.h2_url)},
+                 [route("/x", [call("a", "svc", "/a")], deadline_ms=500)])
+
+    for value in ("9223372036854775807", "9223372036854775808",
+                  "1" + "0" * 40):
+        resp = gw.get("/x", headers={"Request-Timeout-Ms": value})
+        assert resp.status == 200, (value, resp)
+    resp = gw.get("/x", headers={"Request-Timeout-Ms": "-9" + "0" * 40})
+    assert resp.status == 400, resp
+
+
 def timeout_seen(faultd, path):
     [request] = faultd.select(event="request", path=path)
     value = request["request_timeout_ms"]

@@ -2,6 +2,7 @@
  * downstream body parsing. */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -169,6 +170,152 @@ static void test_aggregate_check_trailing_garbage_fails(void **state)
 }
 
 
+/* Returns whether jansson alone accepts |text| with the flags of
+ * aggregate_check_body, which the quick scan must never contradict. */
+static bool jansson_accepts(const char *text, size_t len)
+{
+    json_error_t jerr;
+    json_t *v = json_loadb(
+        text, len, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL | JSON_ALLOW_NUL,
+        &jerr);
+    json_decref(v);
+    return v != NULL;
+}
+
+
+static void assert_check_matches_jansson(const char *text, size_t len)
+{
+    char why[256] = "";
+    int rc = aggregate_check_body(200, text, len, why, sizeof(why));
+    bool expected = jansson_accepts(text, len);
+    if ((rc == 0) != expected) {
+        fail_msg("check_body %s \"%.*s\", jansson %s it",
+                 rc == 0 ? "accepted" : "rejected", (int)len, text,
+                 expected ? "accepts" : "rejects");
+    }
+}
+
+
+static void test_aggregate_check_edge_cases_match_jansson(void **state)
+{
+    static const char *const texts[] = {
+        "1e400",
+        "-1e309",
+        "1e308",
+        "1E+2",
+        "1e-400",
+        "0.0000e309",
+        "01",
+        "-01",
+        "1.",
+        ".5",
+        "-",
+        "-0",
+        "0",
+        "1.5e",
+        "1e+",
+        "2e10000",
+        "123456789012345678901234567890e280",
+        "[1,]",
+        "{\"a\":1,}",
+        "{\"a\" 1}",
+        "[1 2]",
+        "{,}",
+        "[,1]",
+        "{\"a\":}",
+        "{1:2}",
+        "\"\\u0000\"",
+        "{\"a\\u0000\":1}",
+        "{\"a\":\"\\u0000\"}",
+        "\"\\ud800\"",
+        "\"\\udc00\"",
+        "\"\\ud83d\\ude00\"",
+        "\"\\u00e9\"",
+        "\"\\u12G4\"",
+        "\"\\x\"",
+        "\"\\/\"",
+        "\"\xc3\xa9\"",
+        "\"\xc3\"",
+        "\"\xed\xa0\x80\"",
+        "\"\xf4\x90\x80\x80\"",
+        "\"\xf0\x9f\x98\x80\"",
+        "\"\xc0\xaf\"",
+        "\"\xe0\x80\xaf\"",
+        "\"\x7f\"",
+        "\"a\tb\"",
+        "\"a\nb\"",
+        "tru",
+        "truex",
+        "true false",
+        "nul",
+        "nulll",
+        "falsey",
+        "1 2",
+        "  \n 5 \r\n",
+        "\xef\xbb\xbf{}",
+        "{}}",
+        "[]]",
+        "\"abc",
+        "{\"a\":[{\"b\":null}]}",
+    };
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+        assert_check_matches_jansson(texts[i], strlen(texts[i]));
+    }
+    /* A NUL byte inside a string and outside one. */
+    assert_check_matches_jansson("\"a\0b\"", 5);
+    assert_check_matches_jansson("1\0", 2);
+}
+
+
+static void test_aggregate_check_nesting_matches_jansson(void **state)
+{
+    static const size_t depths[] = {1, 63, 64, 65, 200, 2047, 2048, 2049};
+    for (size_t i = 0; i < sizeof(depths) / sizeof(depths[0]); i++) {
+        size_t n = depths[i];
+        char *text = malloc(2 * n + 1);
+        assert_non_null(text);
+        memset(text, '[', n);
+        memset(text + n, ']', n);
+        text[2 * n] = '\0';
+        assert_check_matches_jansson(text, 2 * n);
+        free(text);
+    }
+}
+
+
+/* Random texts built from JSON fragments, each compared with jansson. The
+ * seed is fixed, so a failure repeats. */
+static void test_aggregate_check_random_texts_match_jansson(void **state)
+{
+    static const char *const pieces[] = {
+        "{",    "}",    "[",     "]",    ",",     ":",       "\"k\"", "\"",
+        " ",    "\n",   "0",     "1",    "-",     ".",       "e",     "E",
+        "+",    "9",    "true",  "fals", "null",  "\\u0041", "\\",    "\xc3",
+        "\xa9", "\x01", "\"a\"", "1e99", "1e400", "\\n",     "x",     "\\u",
+    };
+    size_t npieces = sizeof(pieces) / sizeof(pieces[0]);
+    uint64_t seed = 0x9e3779b97f4a7c15ULL;
+    char text[256];
+
+    for (int round = 0; round < 50000; round++) {
+        size_t len = 0;
+        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+        int count = 1 + (int)((seed >> 33) % 12);
+        for (int i = 0; i < count; i++) {
+            seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+            const char *piece = pieces[(seed >> 33) % npieces];
+            size_t n = strlen(piece);
+            if (len + n >= sizeof(text)) {
+                break;
+            }
+            memcpy(text + len, piece, n);
+            len += n;
+        }
+        assert_check_matches_jansson(text, len);
+    }
+}
+
+
 static void test_aggregate_build_keeps_bytes(void **state)
 {
     buf_t out = {0};
@@ -242,6 +389,9 @@ int main(void)
         cmocka_unit_test(test_aggregate_check_empty_200_fails),
         cmocka_unit_test(test_aggregate_check_invalid_json_fails),
         cmocka_unit_test(test_aggregate_check_trailing_garbage_fails),
+        cmocka_unit_test(test_aggregate_check_edge_cases_match_jansson),
+        cmocka_unit_test(test_aggregate_check_nesting_matches_jansson),
+        cmocka_unit_test(test_aggregate_check_random_texts_match_jansson),
         cmocka_unit_test(test_aggregate_build_keeps_bytes),
         cmocka_unit_test(test_aggregate_build_with_errors),
         cmocka_unit_test(test_aggregate_build_only_errors),
