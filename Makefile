@@ -71,7 +71,7 @@ fixture: $(FIXTURE)
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 SUBMAKE = $(MAKE) --no-print-directory -j$(JOBS)
 
-.PHONY: deps run test format-check tools
+.PHONY: deps run test format-check tools bench
 deps:
 	bash tests/deps.sh
 
@@ -89,6 +89,16 @@ test: deps format-check tools
 	$(SUBMAKE) SANITIZE=address BUILD=build/asan all fixture unit-bins
 	$(SUBMAKE) SANITIZE=thread BUILD=build/tsan all fixture
 	bash tests/run.sh
+
+# The benchmark against the Go, Node and nginx+Lua peers: writes
+# BENCHMARKS.md and docs/bench/*.png (about 15 minutes, on a quiet machine).
+BENCH_PKGS = wrk gnuplot-nox golang-go golang-golang-x-sync-dev \
+	golang-golang-x-net-dev libnginx-mod-http-lua lua-cjson valgrind \
+	nghttp2-server
+bench:
+	bash tests/deps.sh $(BENCH_PKGS)
+	$(SUBMAKE) all fixture
+	python3 tests/bench/bench.py
 
 FORMAT_SRCS = $(shell find gateway clients tests -name '*.[ch]' 2>/dev/null)
 format-check:

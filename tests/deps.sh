@@ -18,6 +18,8 @@ packages=(
     unzip python3-yaml
     # promtool, which checks the admin listener's /metrics output.
     prometheus
+    # The benchmark's smoke run in `make test`: load, plots, callgrind.
+    wrk gnuplot-nox valgrind
     # Sanitizer runtimes for gcc 12. gcc-12 already depends on them on amd64,
     # but naming them catches an image where they were removed.
     libasan8 libubsan1 libtsan2

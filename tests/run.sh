@@ -15,11 +15,15 @@
 #                     TUTTI_TSAN_SCOPE=multiworker
 #                     runs only the tests marked `multiworker`, the ones
 #                     where several worker threads run.
+#   bench-smoke       tests/bench/bench.py --smoke against build/tutti and
+#                     the peers that can run, counted as one test that
+#                     passes when the script exits 0
 #
 # Environment:
 #   TUTTI_TSAN_SCOPE     all (default) or multiworker
 #   TUTTI_UNIT_TIMEOUT   seconds per unit test binary (default 120)
 #   TUTTI_STAGE_TIMEOUT  seconds per pytest run (default 1200)
+#   TUTTI_BENCH_TIMEOUT  seconds for the benchmark smoke run (default 300)
 #   PYTEST_ADDOPTS       extra pytest options, as pytest reads them
 set -uo pipefail
 
@@ -30,6 +34,7 @@ python=/usr/bin/python3
 unit_timeout=${TUTTI_UNIT_TIMEOUT:-120}
 stage_timeout=${TUTTI_STAGE_TIMEOUT:-1200}
 tsan_scope=${TUTTI_TSAN_SCOPE:-all}
+bench_timeout=${TUTTI_BENCH_TIMEOUT:-300}
 logdir="$root/build/test-logs"
 if [[ $tsan_scope != all && $tsan_scope != multiworker ]]; then
     echo "run.sh: invalid TUTTI_TSAN_SCOPE=$tsan_scope:" \
@@ -276,6 +281,26 @@ run_pytest_stage()
 }
 
 
+# run_bench_stage NAME: the benchmark's smoke run as one test.
+run_bench_stage()
+{
+    local name=$1 start=$SECONDS log="$logdir/$1.log" status
+    echo
+    echo "== $name: python3 tests/bench/bench.py --smoke"
+    timeout -k 10 "$bench_timeout" "$python" tests/bench/bench.py --smoke \
+        2>&1 | tee "$log"
+    status=${PIPESTATUS[0]}
+    if ((status == 0)); then
+        record_stage "$name" 1 0 0 $((SECONDS - start)) ""
+    else
+        local reason
+        reason="bench.py $(describe_status "$status" "$bench_timeout")"
+        failed_list+=("$name: $reason")
+        record_stage "$name" 0 1 0 $((SECONDS - start)) "$reason"
+    fi
+}
+
+
 run_unit_stage unit build/tests
 run_unit_stage unit-asan build/asan/tests "${asan_env[@]}"
 
@@ -300,6 +325,8 @@ else
     run_pytest_stage integration-tsan build/tsan "$tsan_args" "$tsan_note" \
         "${tsan_env[@]}"
 fi
+
+run_bench_stage bench-smoke
 
 total_passed=0
 total_failed=0
