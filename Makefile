@@ -26,7 +26,7 @@ CLIENT_SRCS = clients/buf.c clients/errors.c clients/sockaddr.c clients/resolver
 	clients/upstream.c clients/h1.c clients/h2.c
 GATEWAY_SRCS = gateway/log.c gateway/config.c gateway/template.c \
 	gateway/trace.c gateway/headers.c \
-	gateway/router.c gateway/aggregate.c gateway/fanout.c \
+	gateway/router.c gateway/aggregate.c gateway/ptimer.c gateway/fanout.c \
 	gateway/server.c gateway/worker.c \
 	gateway/lifecycle.c gateway/shared_config.c \
 	gateway/metrics.c gateway/admin.c gateway/contracts.c
@@ -36,7 +36,7 @@ LIB_OBJS = $(patsubst %.c,$(BUILD)/obj/%.o,$(CLIENT_SRCS) $(GATEWAY_SRCS))
 MAIN_OBJ = $(BUILD)/obj/$(MAIN_SRC:.c=.o)
 
 UNIT_TESTS = config router template aggregate h1 h2 upstream transport trace headers \
-	contracts
+	contracts ptimer
 UNIT_BINS = $(patsubst %,$(BUILD)/tests/%_test,$(UNIT_TESTS))
 
 FIXTURE_SRCS = tests/fixture/faultd.c
@@ -59,12 +59,51 @@ $(BUILD)/tests/%_test: $(BUILD)/obj/tests/unit/%_test.o $(LIB_OBJS)
 $(FIXTURE): $(patsubst %.c,$(BUILD)/obj/%.o,$(FIXTURE_SRCS)) $(BUILD)/obj/clients/buf.o $(BUILD)/obj/clients/errors.o
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
+# libFuzzer targets, built with clang into build/fuzz apart from the gcc
+# trees; see tests/fuzz/README.md. The h1 and h2 targets link
+# tests/fuzz/fake_transport.c in place of clients/transport.c.
+FUZZ_CC ?= clang
+FUZZ_BUILD = build/fuzz
+FUZZ_TARGETS = config route aggregate h1 h2
+FUZZ_SECONDS ?= 300
+FUZZ_CFLAGS = -std=c11 $(WARN) -Wno-unknown-warning-option -O1 -g \
+	-fsanitize=address,undefined -fno-sanitize-recover=undefined \
+	-fno-omit-frame-pointer -MMD -MP \
+	$(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+FUZZ_LIB_OBJS = $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(CLIENT_SRCS) $(GATEWAY_SRCS))
+FUZZ_FAKE_OBJS = $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,clients/buf.c \
+	clients/errors.c clients/sockaddr.c tests/fuzz/fake_transport.c)
+FUZZ_BINS = $(patsubst %,$(FUZZ_BUILD)/fuzz_%,$(FUZZ_TARGETS))
+
+$(FUZZ_BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(CPPFLAGS) -Itests/fuzz $(FUZZ_CFLAGS) \
+		-fsanitize=fuzzer-no-link -c -o $@ $<
+
+$(FUZZ_BUILD)/fuzz_config $(FUZZ_BUILD)/fuzz_route \
+$(FUZZ_BUILD)/fuzz_aggregate: $(FUZZ_BUILD)/fuzz_%: \
+		$(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(FUZZ_LIB_OBJS)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $^ $(LDLIBS)
+
+$(FUZZ_BUILD)/fuzz_h1 $(FUZZ_BUILD)/fuzz_h2: $(FUZZ_BUILD)/fuzz_%: \
+		$(FUZZ_BUILD)/obj/tests/fuzz/fuzz_%.o $(FUZZ_BUILD)/obj/clients/%.o \
+		$(FUZZ_FAKE_OBJS)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $^ $(LDLIBS)
+
 # Keep the unit tests' objects, which make would delete as intermediates.
 .SECONDARY:
 
-.PHONY: unit-bins fixture
+.PHONY: unit-bins fixture fuzz-bins fuzz fuzz-smoke
 unit-bins: $(UNIT_BINS)
 fixture: $(FIXTURE)
+fuzz-bins: $(FUZZ_BINS)
+
+# Each target for FUZZ_SECONDS on a copy of its corpus, after its
+# regressions; fuzz-smoke runs them for 30 s each, as `make test` does.
+fuzz: fuzz-bins
+	bash tests/fuzz/run.sh --seconds $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+fuzz-smoke: fuzz-bins
+	bash tests/fuzz/run.sh --seconds 30 $(FUZZ_TARGETS)
 
 # Packages, demo and test suite. `make test` builds three trees (plain,
 # ASan+UBSan, TSan) and then runs tests/run.sh over them.
@@ -88,7 +127,16 @@ test: deps format-check tools
 	$(SUBMAKE) SANITIZE= BUILD=build all fixture unit-bins
 	$(SUBMAKE) SANITIZE=address BUILD=build/asan all fixture unit-bins
 	$(SUBMAKE) SANITIZE=thread BUILD=build/tsan all fixture
+	$(SUBMAKE) fuzz-bins
 	bash tests/run.sh
+
+# Soak: steady load through $(BUILD)/tutti while faultd injects faults at
+# random and DNS answers move, for SOAK_SECONDS (default 600); see
+# tests/soak/README.md. `make SANITIZE=address soak` runs the ASan build.
+.PHONY: soak
+soak: deps
+	$(SUBMAKE) all fixture
+	TUTTI_BIN=$(BUILD)/tutti FAULTD_BIN=$(BUILD)/faultd python3 tests/soak/soak.py
 
 # The benchmark against the Go, Node and nginx+Lua peers: writes
 # BENCHMARKS.md and docs/bench/*.png (about 15 minutes, on a quiet machine).

@@ -120,13 +120,21 @@ struct upstream_table_s {
 };
 
 /* The dispatcher's state of one running call, in call->up_owner. */
+#define ROUTE_INLINE_TRIED 4
+
 typedef struct route_s {
     svc_state_t *svc;
     atomic_long *counted; /* the bulkhead counter holding a slot, or NULL */
     endpoint_t *ep;       /* WHERE_POOL: the endpoint whose pool has the call */
     unsigned attempts;
-    uint64_t tried[RESOLVER_MAX_ADDRS]; /* endpoint ids, in order */
+    /* Ids of the endpoints tried, in order: |inline_tried| until more
+     * than ROUTE_INLINE_TRIED were tried, then an array of its own, so a
+     * call that stays on its first endpoint costs no room for
+     * RESOLVER_MAX_ADDRS ids. */
+    uint64_t *tried;
     size_t ntried;
+    size_t tried_cap;
+    uint64_t inline_tried[ROUTE_INLINE_TRIED];
 } route_t;
 
 struct upstream_s {
@@ -261,6 +269,9 @@ static void release_route(upcall_t *call)
     route_t *rt = call->up_owner;
     if (rt != NULL && rt->counted != NULL) {
         atomic_fetch_sub_explicit(rt->counted, 1, memory_order_relaxed);
+    }
+    if (rt != NULL && rt->tried != rt->inline_tried) {
+        free(rt->tried);
     }
     free(call->up_owner);
     call->up_owner = NULL;
@@ -463,6 +474,30 @@ static bool was_tried(const route_t *rt, const endpoint_t *ep)
 }
 
 
+/* Appends |ep| to the endpoints |rt| tried. When the array cannot grow,
+ * |ep| is left out, so a later retry may choose it again. */
+static void remember_tried(route_t *rt, const endpoint_t *ep)
+{
+    if (was_tried(rt, ep) || rt->ntried >= RESOLVER_MAX_ADDRS) {
+        return;
+    }
+    if (rt->ntried == rt->tried_cap) {
+        size_t cap = 2 * rt->tried_cap;
+        uint64_t *ids = malloc(cap * sizeof(*ids));
+        if (ids == NULL) {
+            return;
+        }
+        memcpy(ids, rt->tried, rt->ntried * sizeof(*ids));
+        if (rt->tried != rt->inline_tried) {
+            free(rt->tried);
+        }
+        rt->tried = ids;
+        rt->tried_cap = cap;
+    }
+    rt->tried[rt->ntried++] = ep->id;
+}
+
+
 /* Whether |ep| may be chosen for |rt|. With |untried_only| it must not
  * have been tried yet; otherwise it must differ from the last one. */
 static bool is_allowed(const route_t *rt, const endpoint_t *ep,
@@ -591,9 +626,7 @@ static void submit(svc_state_t *s, upcall_t *call, bool inside_start)
     }
     rt->ep = ep;
     rt->attempts++;
-    if (!was_tried(rt, ep) && rt->ntried < RESOLVER_MAX_ADDRS) {
-        rt->tried[rt->ntried++] = ep->id;
-    }
+    remember_tried(rt, ep);
     memcpy(call->endpoint, ep->desc, sizeof(call->endpoint));
     call->errmsg[0] = '\0';
     call->status = 0;
@@ -1464,6 +1497,8 @@ void upstream_table_start(upstream_table_t *t, size_t service, upcall_t *call)
         return;
     }
     rt->svc = s;
+    rt->tried = rt->inline_tried;
+    rt->tried_cap = ROUTE_INLINE_TRIED;
     call->up_owner = rt;
     if (!admit_call(def, rt)) {
         up->stats.overloaded++;

@@ -35,7 +35,10 @@
 #define DEFAULT_EJECT_BASE_MS 1000
 #define DEFAULT_EJECT_MAX_MS 30000
 #define DEFAULT_MAX_IN_FLIGHT 10000
-#define DEFAULT_MAX_HEADER_BYTES (32 * 1024)
+/* libmicrohttpd 0.9 zeroes the whole buffer after each response on a
+ * kept-alive connection, so every open connection keeps this much memory
+ * resident; 16 KiB is also Node's header limit. */
+#define DEFAULT_MAX_HEADER_BYTES (16 * 1024)
 #define DEFAULT_MAX_URL_BYTES 8192
 #define DEFAULT_MAX_CONNECTIONS_INBOUND 10000
 #define DEFAULT_CLIENT_TIMEOUT_MS 30000

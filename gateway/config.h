@@ -136,7 +136,7 @@ typedef struct config_s {
      * client_timeout_ms is the inactivity timeout of an inbound
      * connection. */
     int64_t max_in_flight;           /* default 10000 */
-    int64_t max_header_bytes;        /* default 32768 */
+    int64_t max_header_bytes;        /* default 16384 */
     int64_t max_url_bytes;           /* default 8192 */
     int64_t max_connections_inbound; /* default 10000 */
     int64_t client_timeout_ms;       /* default 30000 */

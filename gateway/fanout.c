@@ -11,6 +11,7 @@
 #include "errors.h"
 #include "headers.h"
 #include "log.h"
+#include "ptimer.h"
 
 #define NS_PER_MS 1000000ULL
 
@@ -52,8 +53,8 @@ struct fanout_s {
     size_t body_len;
     uint64_t start_ns;
     uint64_t deadline_ns;
-    uv_timer_t timer;
-    uint64_t timer_expire_ns; /* the expiry the running timer was set for */
+    ptimer_t *timers;     /* the worker's; NULL only when start failed */
+    ptimer_entry_t timer; /* the earliest expiry of the calls pending */
     fcall_t *calls;
     size_t ncalls;
     size_t pending;
@@ -146,7 +147,7 @@ static void answer(fanout_t *fo, int status, char *body, size_t len)
     fo->status = status;
     fo->answer_body = body;
     fo->answer_len = len;
-    uv_timer_stop(&fo->timer);
+    ptimer_remove(fo->timers, &fo->timer);
     if (fo->cb != NULL) {
         fo->cb(fo, fo->cb_arg);
     }
@@ -254,9 +255,6 @@ static void finish_if_complete(fanout_t *fo)
 }
 
 
-static void on_timer(uv_timer_t *t);
-
-
 static void schedule_timer(fanout_t *fo)
 {
     uint64_t next = 0;
@@ -267,28 +265,24 @@ static void schedule_timer(fanout_t *fo)
         }
     }
     if (next == 0) {
-        uv_timer_stop(&fo->timer);
+        ptimer_remove(fo->timers, &fo->timer);
         return;
     }
-    /* Calls usually share the deadline, so when a call ends the running
-     * timer is mostly set for the earliest expiry already and is left as
-     * it is. */
-    if (next == fo->timer_expire_ns &&
-        uv_is_active((uv_handle_t *)&fo->timer)) {
-        return;
+    /* Calls usually share the deadline, so when a call ends the entry is
+     * mostly queued for the earliest expiry already and is left as it is.
+     * The slot was reserved in fanout_start, so this cannot fail. */
+    if (!ptimer_queued(&fo->timer) || fo->timer.due_ns != next) {
+        (void)ptimer_set(fo->timers, &fo->timer, next);
     }
-    fo->timer_expire_ns = next;
-    uint64_t now = uv_hrtime();
-    /* Round up: a timeout must never fire before its time. */
-    uint64_t ms = next > now ? (next - now + NS_PER_MS - 1) / NS_PER_MS : 0;
-    uv_timer_start(&fo->timer, on_timer, ms, 0);
 }
 
 
-/* uv_timer_cb: a call's timeout or the request deadline came due. */
-static void on_timer(uv_timer_t *t)
+/* ptimer_cb: a call's timeout or the request deadline came due. The
+ * ptimer runs an entry only once uv_hrtime() has reached its time, so no
+ * timeout fires early. */
+static void on_timer(ptimer_entry_t *e)
 {
-    fanout_t *fo = t->data;
+    fanout_t *fo = e->data;
     uint64_t now = uv_hrtime();
 
     /* Deadline expiries first, in call order, so that a required call
@@ -519,12 +513,17 @@ fanout_t *fanout_start(uv_loop_t *loop, upstream_t *up,
     }
     fo->ncalls = req->route->ncalls;
     fo->calls = calloc(fo->ncalls, sizeof(*fo->calls));
-    uv_timer_init(loop, &fo->timer);
-    fo->timer.data = fo;
+    ptimer_entry_init(&fo->timer, on_timer, fo);
     if (fo->request_id == NULL || fo->calls == NULL ||
         (req->content_type != NULL && fo->content_type == NULL)) {
         goto fail;
     }
+    /* The worker's ptimer, whose heap keeps a slot for this fan-out. */
+    ptimer_t *timers = ptimer_of(loop);
+    if (timers == NULL || ptimer_reserve(timers) != 0) {
+        goto fail;
+    }
+    fo->timers = timers;
 
     uint64_t now = uv_hrtime();
     for (size_t i = 0; i < fo->ncalls; i++) {
@@ -569,7 +568,7 @@ void fanout_abort(fanout_t *fo, cancel_cause_t cause)
         cancel_pending(fo, cause);
         fo->answered = true;
         fo->cause = cause;
-        uv_timer_stop(&fo->timer);
+        ptimer_remove(fo->timers, &fo->timer);
         return;
     }
 
@@ -714,11 +713,10 @@ json_t *fanout_inflight_json(const fanout_t *fo, uint64_t now)
 }
 
 
-/* uv_close_cb: the fan-out's last handle is closed. */
-static void on_timer_closed(uv_handle_t *h)
+static void free_fanout(fanout_t *fo)
 {
-    fanout_t *fo = h->data;
-    for (size_t i = 0; i < fo->ncalls; i++) {
+    /* calls is NULL when fanout_start could not allocate it. */
+    for (size_t i = 0; fo->calls != NULL && i < fo->ncalls; i++) {
         fcall_t *fc = &fo->calls[i];
         buf_free(&fc->path);
         header_list_free(&fc->headers);
@@ -764,6 +762,9 @@ void fanout_free(fanout_t *fo)
     if (fo->metrics != NULL) {
         count_wasted(fo);
     }
-    uv_timer_stop(&fo->timer);
-    uv_close((uv_handle_t *)&fo->timer, on_timer_closed);
+    if (fo->timers != NULL) {
+        ptimer_remove(fo->timers, &fo->timer);
+        ptimer_unreserve(fo->timers);
+    }
+    free_fanout(fo);
 }

@@ -3,8 +3,9 @@
  * first failing required call decides the response and cancels the rest.
  *
  * A fan-out lives on one worker's loop and is driven by the clients'
- * callbacks and by one uv_timer that tracks the earliest timeout of the
- * calls still running. See docs/ARCHITECTURE.md for the state machine. */
+ * callbacks and by one entry in the loop's ptimer (ptimer.h) that tracks
+ * the earliest timeout of the calls still running. See
+ * docs/ARCHITECTURE.md for the state machine. */
 #ifndef TUTTI_FANOUT_H
 #define TUTTI_FANOUT_H
 
@@ -67,8 +68,9 @@ typedef struct fanout_request_s {
 /* Called once when the response is decided (never for a client abort). */
 typedef void (*fanout_answer_cb)(fanout_t *fo, void *arg);
 
-/* Starts every call of the route. Returns NULL on allocation failure. The
- * response callback is never made from inside fanout_start. */
+/* Starts every call of the route on |loop|, which must have a ptimer
+ * (ptimer_init). Returns NULL on allocation failure. The response
+ * callback is never made from inside fanout_start. */
 fanout_t *fanout_start(uv_loop_t *loop, upstream_t *up,
                        const fanout_request_t *req, fanout_answer_cb cb,
                        void *arg);
@@ -95,8 +97,8 @@ json_t *fanout_calls_json(const fanout_t *fo);
  * Returns a new reference. */
 json_t *fanout_inflight_json(const fanout_t *fo, uint64_t now);
 
-/* Cancels anything still running and frees the fan-out once its timer
- * handle is closed. No callback follows. */
+/* Cancels anything still running and frees the fan-out. No callback
+ * follows. */
 void fanout_free(fanout_t *fo);
 
 #endif

@@ -110,6 +110,8 @@ static void on_finish(uv_timer_t *t)
     uv_close((uv_handle_t *)&w->reload_async, on_handle_closed);
     uv_close((uv_handle_t *)&w->grace_timer, on_handle_closed);
     uv_close((uv_handle_t *)&w->finish_timer, on_handle_closed);
+    /* MHD_stop_daemon completed every request, so no fan-out is left. */
+    ptimer_close(&w->timers);
     admin_worker_close(w);
 }
 
@@ -603,6 +605,16 @@ static int setup(worker_t *w)
     if (w->mhd == NULL) {
         log_msg(LOG_ERROR, NULL, "worker %d: libmicrohttpd failed to start",
                 w->id);
+        upstream_close(w->up);
+        uv_run(&w->loop, UV_RUN_DEFAULT);
+        return TE_INVALID;
+    }
+    int rc = ptimer_init(&w->timers, &w->loop);
+    if (rc != 0) {
+        log_msg(LOG_ERROR, NULL, "worker %d: timerfd: %s", w->id,
+                strerror(-rc));
+        MHD_stop_daemon(w->mhd);
+        w->mhd = NULL;
         upstream_close(w->up);
         uv_run(&w->loop, UV_RUN_DEFAULT);
         return TE_INVALID;

@@ -14,6 +14,7 @@
 
 #include "config.h"
 #include "metrics.h"
+#include "ptimer.h"
 #include "shared_config.h"
 #include "transport.h"
 #include "upstream.h"
@@ -50,6 +51,9 @@ typedef struct worker_s {
     struct MHD_Daemon *mhd;
     uv_poll_t mhd_poll;   /* MHD's epoll fd */
     uv_timer_t mhd_timer; /* MHD_get_timeout */
+    /* The fan-outs' timeouts and deadlines, at nanosecond precision. The
+     * loop's data field points to it (ptimer_of). */
+    ptimer_t timers;
     uv_async_t stop_async;
     uv_timer_t grace_timer;
     uv_timer_t finish_timer;

@@ -73,21 +73,53 @@ PEER_PACKAGES = {
 # Explanations of missed goals, written by the lead from profiles and
 # printed under each missed goal in BENCHMARKS.md. The keys are the goal
 # ids of evaluate_goals().
+CPU_NOTE = (
+    'perf record -g on tutti at this load (one worker, 17,600 '
+    'requests/s): 69% of its CPU is in the kernel, and tcp_sendmsg '
+    "alone is 47%. On loopback the sender also runs the receiver's TCP "
+    'input in softirq, so each of the three request writes and the '
+    'response sendmsg costs tutti close to what a whole exchange costs '
+    'nginx. epoll_ctl is 5%: libmicrohttpd takes a connection out of '
+    'its epoll set when tutti suspends it for the fan-out and puts it '
+    'back on resume, two calls per request inside the library. User '
+    "space is 31%: libc 15% (memset of libmicrohttpd's connection "
+    'buffer after every request 4%, measured with the former 32 KiB '
+    'default, malloc and free 5%), tutti 7%, libmicrohttpd 3%, '
+    'http_parser 3%, libuv 2%. Already cut: system calls per request '
+    'from 21 to 11 (one client-abort watch per connection instead of '
+    'per request, uv_try_write for downstream requests) and user-space '
+    'instructions (callgrind) from 282k to 89k.')
+
 GOAL_NOTES = {
-    "s1-cpu": "",
-    "s1-rps": "",
+    "s1-cpu": CPU_NOTE,
+    "s1-rps": "tutti is CPU-bound on its core in this scenario, so its "
+              "requests per second follow its CPU per request: see the "
+              "S1 CPU goal.",
     "s2-cpu": "",
     "s2-rps": "",
     "s3-p99": "",
     "s3-p999": "",
     "s4-flat": "",
     "s5-complete": "",
-    "s5-vs-go": "",
+    "s5-vs-go": (
+        'Where the memory goes (massif and RSS sampling at 1,000 to '
+        '10,000 held requests): libmicrohttpd 0.9.75 zeroes its whole '
+        'per-connection buffer (max_header_bytes, 16 KiB by default) '
+        'after each response, so every answered connection that stays '
+        'open, as loadgen --hold keeps them, holds 16 KiB resident. '
+        "tutti's own structures are about 4 KiB per request and are "
+        'freed when it ends, but lie between those buffers where glibc '
+        'does not return them. Already cut: 36.4 KiB with the former 32'
+        " KiB default, and the dispatcher's per-call record from about "
+        '560 to 88 bytes. A smaller max_header_bytes gives less (8 KiB:'
+        ' 12.5 KiB per request) at the cost of the header limit, and a '
+        'periodic malloc_trim gave 17.3 KiB but stalled the worker for '
+        'up to 1 ms, so neither is the default.'),
     "s5-32k": "",
     "s6-p99": "",
     "s6-early": "",
     "s7-p99": "",
-    "s8-limit": "",
+    "s8-limit": CPU_NOTE,
 }
 
 # wrk prints this Lua report as one JSON line after its own output.

@@ -16,12 +16,14 @@
  *           [--samples FILE]
  *
  * Rate mode schedules request i at t0 + i/R for every i with i/R < S. A
- * 1 ms libuv timer wakes the loop, and each wakeup sends every request whose
- * scheduled time (CLOCK_MONOTONIC, ns) has passed. A due request goes to an
- * idle connection, or to a new one while fewer than C are open, or else waits
- * in a FIFO queue. Latency is the completion time minus the scheduled time,
- * so a stalled server shows up as growing latency and not as a lower request
- * rate (no coordinated omission).
+ * timerfd armed at the next scheduled time (CLOCK_MONOTONIC, absolute, ns)
+ * wakes the loop through a uv_poll, and each wakeup sends every request
+ * whose scheduled time has passed. A libuv timer would wake up to 2 ms late,
+ * and that lateness would count in the measured latency. A due request goes to
+ * an idle connection, or to a new one while fewer than C are open, or else
+ * waits in a FIFO queue. Latency is the completion time minus the scheduled
+ * time, so a stalled server shows up as growing latency and not as a lower
+ * request rate (no coordinated omission).
  *
  * Every request ends in exactly one of: completed (any status), or the
  * errors connect, timeout, reset, parse and dropped. The timeout counts from
@@ -64,7 +66,9 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/resource.h>
+#include <sys/timerfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <http_parser.h>
 #include <uv.h>
@@ -184,7 +188,8 @@ typedef struct {
     bool finished;
 
     uv_loop_t *loop;
-    uv_timer_t tick;
+    int tick_fd;         /* timerfd armed at the next scheduled send */
+    uv_poll_t tick_poll; /* watches tick_fd */
     uv_timer_t safety;
     http_parser_settings parser_settings;
     FILE *samples_file;
@@ -894,9 +899,26 @@ static void finish_if_done(void)
     finish();
 }
 
-/* Called by libuv on each scheduler wakeup (uv_timer_cb). Queues every
- * request whose scheduled time has passed and sends what the pool allows. */
-static void on_tick(uv_timer_t *timer)
+/* Arms the scheduler's timerfd to expire at |at_ns| (CLOCK_MONOTONIC). */
+static void arm_tick(int64_t at_ns)
+{
+    struct itimerspec its = {0};
+    /* An all-zero value would disarm; any time in the past fires at once. */
+    if (at_ns <= 0) {
+        at_ns = 1;
+    }
+    its.it_value.tv_sec = (time_t)(at_ns / NS_PER_S);
+    its.it_value.tv_nsec = (long)(at_ns % NS_PER_S);
+    if (timerfd_settime(lg.tick_fd, TFD_TIMER_ABSTIME, &its, NULL) != 0) {
+        fprintf(stderr, "loadgen: timerfd_settime: %s\n",
+                uv_strerror(uv_translate_sys_error(errno)));
+        exit(1);
+    }
+}
+
+/* Queues every request whose scheduled time has passed and sends what the
+ * pool allows, then arms the timerfd for the next scheduled time. */
+static void send_due(void)
 {
     int64_t now = now_ns();
     while (lg.next_index < lg.total && scheduled_time(lg.next_index) <= now) {
@@ -911,15 +933,24 @@ static void on_tick(uv_timer_t *timer)
     dispatch();
     finish_if_done();
     if (lg.finished || lg.next_index >= lg.total) {
+        /* Nothing left to schedule: the loop lives on the requests. */
+        uv_poll_stop(&lg.tick_poll);
         return;
     }
-    /* The timer has 1 ms resolution, so requests due within the next
-     * millisecond wait for the next wakeup and are sent together. */
-    uint64_t delay = ns_to_timer_ms(scheduled_time(lg.next_index) - now_ns());
-    if (delay < 1) {
-        delay = 1;
+    arm_tick(scheduled_time(lg.next_index));
+}
+
+/* Called by libuv when the timerfd expired (uv_poll_cb). */
+static void on_tick(uv_poll_t *poll, int status, int events)
+{
+    uint64_t expirations;
+    /* Clears the readiness; EAGAIN when nothing is pending is harmless. */
+    if (read(lg.tick_fd, &expirations, sizeof(expirations)) < 0 &&
+        errno != EAGAIN) {
+        fprintf(stderr, "loadgen: timerfd read: %s\n",
+                uv_strerror(uv_translate_sys_error(errno)));
     }
-    uv_timer_start(&lg.tick, on_tick, delay, 0);
+    send_due();
 }
 
 /* Called by libuv if the run outlives every request's deadline
@@ -1107,7 +1138,14 @@ static void setup(void)
     memset(&lg.parser_settings, 0, sizeof(lg.parser_settings));
     lg.parser_settings.on_message_complete = on_message_complete;
 
-    uv_timer_init(lg.loop, &lg.tick);
+    lg.tick_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (lg.tick_fd < 0) {
+        fprintf(stderr, "loadgen: timerfd_create: %s\n",
+                uv_strerror(uv_translate_sys_error(errno)));
+        exit(1);
+    }
+    uv_poll_init(lg.loop, &lg.tick_poll, lg.tick_fd);
+    uv_poll_start(&lg.tick_poll, UV_READABLE, on_tick);
     uv_timer_init(lg.loop, &lg.safety);
 }
 
@@ -1132,7 +1170,7 @@ int main(int argc, char **argv)
 
     uv_update_time(lg.loop);
     lg.t0_ns = now_ns();
-    on_tick(&lg.tick);
+    send_due();
 
     /* Started after the first tick, because in hold mode that tick makes
      * every connect call and each request's deadline counts from its own

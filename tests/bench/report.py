@@ -502,7 +502,14 @@ class Report:
                       f"**{ir[0]['ir_per_req']:,.0f}** instructions "
                       f"(Ir) per request, from the callgrind counters over "
                       f"{ir[0]['requests']} requests after "
-                      f"{bench.callgrind_counts[0]} warm-up requests."]
+                      f"{bench.callgrind_counts[0]} warm-up requests.",
+                      "",
+                      "glibc's memset clears large blocks with `rep stosb`, "
+                      "which callgrind counts once per byte, so the "
+                      "zeroing of libmicrohttpd's connection memory pool "
+                      "after each request weighs far more in this count "
+                      "than in CPU time. The count is for comparing "
+                      "commits, not for comparing with the CPU figures."]
         if bench.plots:
             parts += ["", "## Plots", ""]
             for title, name in bench.plots:

@@ -1332,7 +1332,7 @@ static void test_config_overload_defaults(void **state)
     config_t *cfg = parse_ok("{" MINIMAL_SERVICES ", " MINIMAL_ROUTES "}");
 
     assert_int_equal(cfg->max_in_flight, 10000);
-    assert_int_equal(cfg->max_header_bytes, 32768);
+    assert_int_equal(cfg->max_header_bytes, 16384);
     assert_int_equal(cfg->max_url_bytes, 8192);
     assert_int_equal(cfg->max_connections_inbound, 10000);
     assert_int_equal(cfg->client_timeout_ms, 30000);
@@ -1399,7 +1399,7 @@ static void test_config_url_limit_above_header_limit(void **state)
     expect_problem("{'max_url_bytes': 40000, " MINIMAL_SERVICES
                    ", " MINIMAL_ROUTES "}",
                    "gw.json: max_url_bytes: 40000 is greater than "
-                   "max_header_bytes 32768, which the request line must fit "
+                   "max_header_bytes 16384, which the request line must fit "
                    "in; lower max_url_bytes or raise max_header_bytes");
 }
 
