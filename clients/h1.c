@@ -667,6 +667,13 @@ static int on_headers_complete(http_parser *parser)
                  "upgrade was requested");
         return fail_in_callback(conn, TE_BAD_RESPONSE);
     }
+    /* http_parser 2.9 takes one to three digits, so "HTTP/1.1 2 OK" gives
+     * status 2; RFC 9110 status codes run from 100. */
+    if (status < 100) {
+        snprintf(call->errmsg, sizeof(call->errmsg),
+                 "invalid HTTP response: status code %u", status);
+        return fail_in_callback(conn, TE_BAD_RESPONSE);
+    }
     if (status / 100 == 1) {
         /* Interim response: on_message_complete skips it and the parser
          * goes on with the next response on the connection. */

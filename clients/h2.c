@@ -842,6 +842,14 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame,
         }
         status = status * 10 + (value[i] - '0');
     }
+    /* nghttp2 1.52 checks only that :status is three digits and takes a
+     * value below 100 for a final status, so "000" would end the stream
+     * as a success with status 0. */
+    if (valuelen == 3 && status < 100) {
+        char msg[sizeof(st->call->errmsg)];
+        snprintf(msg, sizeof(msg), "invalid response: :status %d", status);
+        return stream_abort(session, st, TE_BAD_RESPONSE, msg);
+    }
     /* A 1xx block is informational and another header block follows. */
     if (status >= 200) {
         st->call->status = status;
@@ -1255,24 +1263,32 @@ static int conn_has_slot(h2_conn_t *conn)
 
 
 /* Returns the connect timeout for a new connection: the configured one,
- * clipped to the time the waiting calls have left, so that a black-holed
- * address does not use up their whole deadline. 0 means no limit. */
+ * clipped to the latest deadline of the waiting calls, because the
+ * connection has no use once all of them have expired. Clipping to the
+ * earliest deadline would let a call about to expire fail the others
+ * with a connect timeout of a millisecond or two. 0 means no limit.
+ * NOTE: the timeout is fixed when the connection opens, so a call that
+ * queues on it later with a longer budget still fails with it. */
 static uint64_t pool_connect_timeout(h2_pool_t *pool)
 {
     uint64_t timeout = pool->opts.connect_timeout_ms;
     uint64_t now = uv_hrtime();
+    uint64_t latest_ms = 0;
     for (h2_stream_t *st = pool->waiting.head; st != NULL; st = st->next) {
         uint64_t deadline = st->call->deadline_ns;
         if (deadline == 0) {
-            continue;
+            return timeout; /* a call without a deadline: no clip */
         }
         uint64_t left_ms = 1;
         if (deadline > now) {
             left_ms = (deadline - now + 999999) / 1000000;
         }
-        if (timeout == 0 || left_ms < timeout) {
-            timeout = left_ms;
+        if (left_ms > latest_ms) {
+            latest_ms = left_ms;
         }
+    }
+    if (latest_ms > 0 && (timeout == 0 || latest_ms < timeout)) {
+        timeout = latest_ms;
     }
     return timeout;
 }

@@ -125,31 +125,37 @@ char *aggregate_simple_error(const char *kind, const char *message, size_t *len)
 }
 
 
-/* Nesting that the quick scan follows. A deeper body goes to jansson,
- * whose own limit is 2048 levels (JSON_PARSER_MAX_DEPTH in 2.14). */
-#define QUICK_SCAN_MAX_DEPTH 64
+/* Nesting accepted in a downstream body: the limit of jansson 2.14
+ * (JSON_PARSER_MAX_DEPTH), which the check used before it had its own. The
+ * check keeps one byte per level, so it never recurses. */
+#define JSON_MAX_DEPTH 2048
 
-/* A number whose integer digits plus exponent stay within this bound is
- * below 1e300, so strtod cannot overflow on it, which jansson with
- * JSON_DECODE_INT_AS_REAL would report as an error. */
-#define QUICK_SCAN_MAX_MAGNITUDE 300
-
-/* The quick scan reads a body without allocating. It accepts only what
- * jansson 2.14's json_loadb with the flags of aggregate_check_body also
- * accepts, and gives up (returns false) on anything else or anything
- * rarer: control bytes and invalid UTF-8 in strings, \u0000 and
- * surrogate escapes, numbers near the range of a double, deep nesting.
- * jansson then decides and writes the error message, so the result and
- * the message are the same as with jansson alone. */
-typedef struct quick_scan_s {
+/* The body check reads a body once, without allocating, and accepts
+ * exactly one JSON text of RFC 8259 in UTF-8 (RFC 3629). The body is
+ * copied into the answer unchanged, so nothing is decoded: numbers of any
+ * size are accepted as written, and \u0000 is accepted in strings and in
+ * keys. A \u escape of a UTF-16 surrogate must be a high one followed by
+ * a low one, as such a pair is the only way to write the character. The
+ * reason of a failure names a byte offset, never the bytes themselves, so
+ * no invalid byte reaches the client through the message. */
+typedef struct json_scan_s {
+    const unsigned char *start;
     const unsigned char *p;
     const unsigned char *end;
-} quick_scan_t;
+    const char *why; /* set by the first failure */
+} json_scan_t;
 
-static bool scan_value(quick_scan_t *s, int depth);
+
+static bool scan_fail(json_scan_t *s, const char *why)
+{
+    if (s->why == NULL) {
+        s->why = why;
+    }
+    return false;
+}
 
 
-static void scan_space(quick_scan_t *s)
+static void scan_space(json_scan_t *s)
 {
     while (s->p < s->end &&
            (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r')) {
@@ -158,10 +164,10 @@ static void scan_space(quick_scan_t *s)
 }
 
 
-static bool scan_word(quick_scan_t *s, const char *word, size_t len)
+static bool scan_word(json_scan_t *s, const char *word, size_t len)
 {
     if ((size_t)(s->end - s->p) < len || memcmp(s->p, word, len) != 0) {
-        return false;
+        return scan_fail(s, "invalid literal");
     }
     s->p += len;
     return true;
@@ -170,7 +176,7 @@ static bool scan_word(quick_scan_t *s, const char *word, size_t len)
 
 /* Skips one well-formed UTF-8 sequence of two to four bytes (RFC 3629:
  * no overlong forms, no surrogates, nothing above U+10FFFF). */
-static bool scan_utf8(quick_scan_t *s)
+static bool scan_utf8(json_scan_t *s)
 {
     const unsigned char *p = s->p;
     size_t avail = (size_t)(s->end - p);
@@ -189,14 +195,14 @@ static bool scan_utf8(quick_scan_t *s)
         lo = p[0] == 0xf0 ? 0x90 : 0x80;
         hi = p[0] == 0xf4 ? 0x8f : 0xbf;
     } else {
-        return false;
+        return scan_fail(s, "invalid UTF-8");
     }
     if (avail < n || p[1] < lo || p[1] > hi) {
-        return false;
+        return scan_fail(s, "invalid UTF-8");
     }
     for (size_t i = 2; i < n; i++) {
         if (p[i] < 0x80 || p[i] > 0xbf) {
-            return false;
+            return scan_fail(s, "invalid UTF-8");
         }
     }
     s->p += n;
@@ -204,36 +210,60 @@ static bool scan_utf8(quick_scan_t *s)
 }
 
 
-static bool scan_escape(quick_scan_t *s)
+/* Reads the four hex digits of a \u escape, |s->p| on the 'u'. Returns
+ * the code unit, or -1. */
+static long scan_hex4(json_scan_t *s)
 {
-    if (s->p >= s->end) {
-        return false;
+    if (s->end - s->p < 5) {
+        return -1;
     }
-    if (strchr("\"\\/bfnrt", *s->p) != NULL && *s->p != '\0') {
-        s->p++;
-        return true;
-    }
-    if (*s->p != 'u' || s->end - s->p < 5) {
-        return false;
-    }
-    int code = 0;
+    long code = 0;
     for (int i = 1; i <= 4; i++) {
         int v = hex_digit_value(s->p[i]);
         if (v < 0) {
-            return false;
+            return -1;
         }
         code = code * 16 + v;
     }
-    /* jansson rejects NUL in a key and unpaired surrogates. */
-    if (code == 0 || (code >= 0xd800 && code <= 0xdfff)) {
-        return false;
-    }
     s->p += 5;
+    return code;
+}
+
+
+static bool scan_escape(json_scan_t *s)
+{
+    if (s->p >= s->end) {
+        return scan_fail(s, "unterminated string");
+    }
+    if (*s->p != '\0' && strchr("\"\\/bfnrt", *s->p) != NULL) {
+        s->p++;
+        return true;
+    }
+    if (*s->p != 'u') {
+        return scan_fail(s, "invalid escape");
+    }
+    long code = scan_hex4(s);
+    if (code < 0) {
+        return scan_fail(s, "invalid \\u escape");
+    }
+    if (code >= 0xdc00 && code <= 0xdfff) {
+        return scan_fail(s, "unpaired UTF-16 surrogate escape");
+    }
+    if (code >= 0xd800 && code <= 0xdbff) {
+        if (s->end - s->p < 2 || s->p[0] != '\\' || s->p[1] != 'u') {
+            return scan_fail(s, "unpaired UTF-16 surrogate escape");
+        }
+        s->p++;
+        code = scan_hex4(s);
+        if (code < 0xdc00 || code > 0xdfff) {
+            return scan_fail(s, "unpaired UTF-16 surrogate escape");
+        }
+    }
     return true;
 }
 
 
-static bool scan_string(quick_scan_t *s)
+static bool scan_string(json_scan_t *s)
 {
     s->p++; /* the opening quote */
     while (s->p < s->end) {
@@ -248,18 +278,18 @@ static bool scan_string(quick_scan_t *s)
                 return false;
             }
         } else if (c < 0x20) {
-            return false;
+            return scan_fail(s, "control character in a string");
         } else if (c < 0x80) {
             s->p++;
         } else if (!scan_utf8(s)) {
             return false;
         }
     }
-    return false;
+    return scan_fail(s, "unterminated string");
 }
 
 
-static size_t scan_digits(quick_scan_t *s)
+static size_t scan_digits(json_scan_t *s)
 {
     const unsigned char *start = s->p;
     while (s->p < s->end && *s->p >= '0' && *s->p <= '9') {
@@ -269,132 +299,134 @@ static size_t scan_digits(quick_scan_t *s)
 }
 
 
-static bool scan_number(quick_scan_t *s)
+static bool scan_number(json_scan_t *s)
 {
     if (*s->p == '-') {
         s->p++;
     }
     if (s->p >= s->end || *s->p < '0' || *s->p > '9') {
-        return false;
+        return scan_fail(s, "invalid number");
     }
-    size_t int_digits = 1;
     if (*s->p == '0') {
         s->p++;
     } else {
-        int_digits = scan_digits(s);
+        scan_digits(s);
     }
     if (s->p < s->end && *s->p == '.') {
         s->p++;
         if (scan_digits(s) == 0) {
-            return false;
+            return scan_fail(s, "invalid number");
         }
     }
-    long exponent = 0;
     if (s->p < s->end && (*s->p == 'e' || *s->p == 'E')) {
         s->p++;
-        bool negative = false;
         if (s->p < s->end && (*s->p == '+' || *s->p == '-')) {
-            negative = *s->p == '-';
             s->p++;
         }
-        const unsigned char *digits = s->p;
-        size_t n = scan_digits(s);
-        if (n == 0 || n > 4) {
-            return false;
-        }
-        for (size_t i = 0; i < n; i++) {
-            exponent = exponent * 10 + (digits[i] - '0');
-        }
-        if (negative) {
-            exponent = -exponent;
+        if (scan_digits(s) == 0) {
+            return scan_fail(s, "invalid number");
         }
     }
-    return (long)int_digits + exponent <= QUICK_SCAN_MAX_MAGNITUDE;
+    /* "01" and "1x" end the number here and fail as trailing bytes. */
+    return true;
 }
 
 
-/* Scans an array or an object, |s->p| on its opening bracket. */
-static bool scan_container(quick_scan_t *s, int depth)
+/* Reads one member name and its colon, |s->p| before the name. */
+static bool scan_key(json_scan_t *s)
 {
-    bool object = *s->p == '{';
-    unsigned char close = object ? '}' : ']';
-
-    if (depth >= QUICK_SCAN_MAX_DEPTH) {
+    scan_space(s);
+    if (s->p >= s->end || *s->p != '"') {
+        return scan_fail(s, "expected a string as member name");
+    }
+    if (!scan_string(s)) {
         return false;
+    }
+    scan_space(s);
+    if (s->p >= s->end || *s->p != ':') {
+        return scan_fail(s, "expected ':'");
     }
     s->p++;
-    scan_space(s);
-    if (s->p < s->end && *s->p == close) {
-        s->p++;
-        return true;
-    }
+    return true;
+}
+
+
+/* Reads one JSON text. |open| contains the closing bracket of each container
+ * that is open, innermost last. */
+static bool scan_text(json_scan_t *s)
+{
+    unsigned char open[JSON_MAX_DEPTH];
+    size_t depth = 0;
+
     for (;;) {
-        if (object) {
-            scan_space(s);
-            if (s->p >= s->end || *s->p != '"' || !scan_string(s)) {
-                return false;
-            }
-            scan_space(s);
-            if (s->p >= s->end || *s->p != ':') {
-                return false;
-            }
-            s->p++;
-        }
-        if (!scan_value(s, depth + 1)) {
-            return false;
-        }
+        /* A value. */
         scan_space(s);
         if (s->p >= s->end) {
-            return false;
+            return scan_fail(s, "unexpected end of body");
         }
-        if (*s->p == close) {
+        unsigned char c = *s->p;
+        bool ok = true;
+        if (c == '{' || c == '[') {
+            if (depth == JSON_MAX_DEPTH) {
+                return scan_fail(s, "nesting deeper than 2048 levels");
+            }
+            open[depth++] = c == '{' ? '}' : ']';
             s->p++;
-            return true;
+            scan_space(s);
+            if (s->p < s->end && *s->p == open[depth - 1]) {
+                s->p++;
+                depth--;
+            } else if (c == '{') {
+                if (!scan_key(s)) {
+                    return false;
+                }
+                continue;
+            } else {
+                continue;
+            }
+        } else if (c == '"') {
+            ok = scan_string(s);
+        } else if (c == 't') {
+            ok = scan_word(s, "true", 4);
+        } else if (c == 'f') {
+            ok = scan_word(s, "false", 5);
+        } else if (c == 'n') {
+            ok = scan_word(s, "null", 4);
+        } else if (c == '-' || (c >= '0' && c <= '9')) {
+            ok = scan_number(s);
+        } else {
+            return scan_fail(s, c >= 0x80 ? "invalid UTF-8 or unexpected byte"
+                                          : "unexpected character");
         }
-        if (*s->p != ',') {
+        if (!ok) {
             return false;
         }
-        s->p++;
+        /* After a value: close containers, or go on to the next value. */
+        for (;;) {
+            scan_space(s);
+            if (depth == 0) {
+                return s->p == s->end ? true
+                                      : scan_fail(s, "bytes after the JSON "
+                                                     "value");
+            }
+            if (s->p >= s->end) {
+                return scan_fail(s, "unexpected end of body");
+            }
+            if (*s->p == open[depth - 1]) {
+                s->p++;
+                depth--;
+                continue;
+            }
+            if (*s->p != ',') {
+                return scan_fail(s, "expected ',' or a closing bracket");
+            }
+            s->p++;
+            if (open[depth - 1] == '}' && !scan_key(s)) {
+                return false;
+            }
+            break;
+        }
     }
-}
-
-
-static bool scan_value(quick_scan_t *s, int depth)
-{
-    scan_space(s);
-    if (s->p >= s->end) {
-        return false;
-    }
-    switch (*s->p) {
-    case '{':
-    case '[':
-        return scan_container(s, depth);
-    case '"':
-        return scan_string(s);
-    case 't':
-        return scan_word(s, "true", 4);
-    case 'f':
-        return scan_word(s, "false", 5);
-    case 'n':
-        return scan_word(s, "null", 4);
-    default:
-        return (*s->p >= '0' && *s->p <= '9') || *s->p == '-' ? scan_number(s)
-                                                              : false;
-    }
-}
-
-
-/* Returns true when |body| is certainly one JSON text that jansson
- * accepts; false when it is not, or when the scan cannot tell. */
-static bool json_quick_valid(const char *body, size_t len)
-{
-    quick_scan_t s = {(const unsigned char *)body,
-                      (const unsigned char *)body + len};
-    if (!scan_value(&s, 0)) {
-        return false;
-    }
-    scan_space(&s);
-    return s.p == s.end;
 }
 
 
@@ -409,22 +441,14 @@ int aggregate_check_body(int status, const char *body, size_t len, char *why,
                  "empty response body with status %d; expected JSON", status);
         return TE_BAD_RESPONSE;
     }
-    if (json_quick_valid(body, len)) {
+    json_scan_t s = {(const unsigned char *)body, (const unsigned char *)body,
+                     (const unsigned char *)body + len, NULL};
+    if (scan_text(&s)) {
         return 0;
     }
-    /* Integers beyond 64 bits are valid JSON; decoding them as reals lets
-     * the check accept them. The body itself is passed on unchanged. */
-    json_error_t jerr;
-    json_t *v = json_loadb(
-        body, len, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL | JSON_ALLOW_NUL,
-        &jerr);
-    if (v == NULL) {
-        snprintf(why, whylen, "response body is not valid JSON: %s at %d:%d",
-                 jerr.text, jerr.line, jerr.column);
-        return TE_BAD_RESPONSE;
-    }
-    json_decref(v);
-    return 0;
+    snprintf(why, whylen, "response body is not valid JSON: %s at byte %zu",
+             s.why != NULL ? s.why : "invalid", (size_t)(s.p - s.start));
+    return TE_BAD_RESPONSE;
 }
 
 

@@ -48,6 +48,18 @@ typedef struct client_watch_s {
     req_t *running;     /* the request suspended on this connection, or NULL */
     bool active;        /* the poll is started */
     char peer_text[64]; /* for X-Forwarded-For, formatted once */
+    /* The head deadline: from the connection's start, or from the end of
+     * its previous request, the next request head must arrive within
+     * client_timeout_ms. libmicrohttpd 0.9.75 times out silence only, so
+     * without it a client sending one byte at a time keeps its connection.
+     * The timer is not touched per request: when it fires it re-arms
+     * itself for the time left, or shuts the socket down. */
+    uv_timer_t head_timer;
+    uint64_t head_since_ns; /* start of the wait for the next head */
+    uint64_t timeout_ms;    /* client_timeout_ms */
+    int fd;
+    bool in_request;  /* a head arrived and its request is not completed */
+    int open_handles; /* poll and timer not yet closed */
 } client_watch_t;
 
 typedef enum {
@@ -658,6 +670,28 @@ static bool reject_long_url(req_t *r, const char *url)
 }
 
 
+/* Rejects with 400 a path that contains a byte that is not visible ASCII. RFC
+ * 3986 allows only those in a URI, so a client must percent-encode any
+ * other; libmicrohttpd 0.9.75 passes such bytes through. The byte is
+ * named by its value, so the message stays valid UTF-8. */
+static bool reject_raw_path_byte(req_t *r, const char *url)
+{
+    for (const unsigned char *p = (const unsigned char *)url; *p != '\0'; p++) {
+        if (*p > 0x20 && *p < 0x7f) {
+            continue;
+        }
+        char msg[160];
+        snprintf(msg, sizeof(msg),
+                 "invalid path: byte 0x%02X at offset %zu is not visible "
+                 "ASCII; percent-encode it",
+                 *p, (size_t)(p - (const unsigned char *)url));
+        answer_simple(r, 400, "bad_request", msg);
+        return true;
+    }
+    return false;
+}
+
+
 /* MHD_KeyValueIteratorN over the request headers: records each field
  * and the first whose value contains a control byte other than tab.
  * libmicrohttpd 0.9.75 passes a bare CR and other control bytes inside a
@@ -758,8 +792,14 @@ enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
             return MHD_NO;
         }
         *con_cls = r;
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        if (ci != NULL && ci->socket_context != NULL) {
+            ((client_watch_t *)ci->socket_context)->in_request = true;
+        }
         if (admit_request(r) && !reject_long_url(r, url) &&
-            !reject_ambiguous_framing(r) && !reject_unsafe_field(r)) {
+            !reject_raw_path_byte(r, url) && !reject_ambiguous_framing(r) &&
+            !reject_unsafe_field(r)) {
             route_request(r, url);
         }
         if (r->state == REQ_ANSWERED) {
@@ -891,6 +931,13 @@ void server_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     unwatch_client(r);
     req_free(r);
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    client_watch_t *cw = ci != NULL ? ci->socket_context : NULL;
+    if (cw != NULL) {
+        cw->in_request = false;
+        cw->head_since_ns = uv_hrtime();
+    }
     worker_request_done(w);
 }
 
@@ -944,10 +991,32 @@ void server_abort_all(worker_t *w)
 }
 
 
-/* uv_close_cb of a connection's watch. */
+/* uv_close_cb of a connection's watch: its poll and its timer. */
 static void on_client_watch_closed(uv_handle_t *h)
 {
-    free(h->data);
+    client_watch_t *cw = h->data;
+    if (--cw->open_handles == 0) {
+        free(cw);
+    }
+}
+
+
+/* uv_timer_cb: closes a connection whose next request head is late.
+ * shutdown() makes libmicrohttpd read an end of file and close the
+ * connection itself, as it does when the client closes. */
+static void on_head_timer(uv_timer_t *t)
+{
+    client_watch_t *cw = t->data;
+    uint64_t timeout_ns = cw->timeout_ms * 1000000;
+    uint64_t waited = uv_hrtime() - cw->head_since_ns;
+    if (cw->in_request) {
+        uv_timer_start(t, on_head_timer, cw->timeout_ms, 0);
+    } else if (waited < timeout_ns) {
+        uv_timer_start(t, on_head_timer,
+                       (timeout_ns - waited + 999999) / 1000000, 0);
+    } else {
+        shutdown(cw->fd, SHUT_RDWR);
+    }
 }
 
 
@@ -977,6 +1046,15 @@ static client_watch_t *client_watch_new(worker_t *w,
         return NULL;
     }
     cw->poll.data = cw;
+    cw->open_handles = 1;
+    cw->fd = ci->connect_fd;
+    cw->timeout_ms = (uint64_t)w->cfg->client_timeout_ms;
+    cw->head_since_ns = uv_hrtime();
+    if (uv_timer_init(&w->loop, &cw->head_timer) == 0) {
+        cw->head_timer.data = cw;
+        cw->open_handles = 2;
+        uv_timer_start(&cw->head_timer, on_head_timer, cw->timeout_ms, 0);
+    }
     ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     headers_peer_text(ci != NULL ? ci->client_addr : NULL, cw->peer_text,
                       sizeof(cw->peer_text));
@@ -998,6 +1076,9 @@ static void client_watch_close(client_watch_t *cw)
         cw->running = NULL;
     }
     uv_close((uv_handle_t *)&cw->poll, on_client_watch_closed);
+    if (cw->open_handles == 2) {
+        uv_close((uv_handle_t *)&cw->head_timer, on_client_watch_closed);
+    }
 }
 
 

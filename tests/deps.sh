@@ -23,6 +23,9 @@ packages=(
     # Sanitizer runtimes for gcc 12. gcc-12 already depends on them on amd64,
     # but naming them catches an image where they were removed.
     libasan8 libubsan1 libtsan2
+    # The libFuzzer targets (make fuzz-bins): clang 14 and its runtimes,
+    # which hold libFuzzer and the sanitizers for clang.
+    clang libclang-rt-14-dev
     "$@"
 )
 

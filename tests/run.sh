@@ -18,12 +18,21 @@
 #   bench-smoke       tests/bench/bench.py --smoke against build/tutti and
 #                     the peers that can run, counted as one test that
 #                     passes when the script exits 0
+#   soak-short        tests/soak/soak.py with SOAK_SECONDS=30 against
+#                     build/tutti, counted as one test (about 40 s)
+#   soak-short-asan   the same against build/asan/tutti
+#   fuzz-smoke        tests/fuzz/run.sh on each libFuzzer target of
+#                     build/fuzz: its regression inputs, then
+#                     TUTTI_FUZZ_SECONDS of fuzzing; one test per target,
+#                     which passes when nothing crashed
 #
 # Environment:
 #   TUTTI_TSAN_SCOPE     all (default) or multiworker
 #   TUTTI_UNIT_TIMEOUT   seconds per unit test binary (default 120)
 #   TUTTI_STAGE_TIMEOUT  seconds per pytest run (default 1200)
 #   TUTTI_BENCH_TIMEOUT  seconds for the benchmark smoke run (default 300)
+#   TUTTI_SOAK_TIMEOUT   seconds per short soak run (default 300)
+#   TUTTI_FUZZ_SECONDS   seconds of fuzzing per fuzz target (default 30)
 #   PYTEST_ADDOPTS       extra pytest options, as pytest reads them
 set -uo pipefail
 
@@ -35,6 +44,9 @@ unit_timeout=${TUTTI_UNIT_TIMEOUT:-120}
 stage_timeout=${TUTTI_STAGE_TIMEOUT:-1200}
 tsan_scope=${TUTTI_TSAN_SCOPE:-all}
 bench_timeout=${TUTTI_BENCH_TIMEOUT:-300}
+soak_timeout=${TUTTI_SOAK_TIMEOUT:-300}
+fuzz_seconds=${TUTTI_FUZZ_SECONDS:-30}
+fuzz_targets=(config route aggregate h1 h2)
 logdir="$root/build/test-logs"
 if [[ $tsan_scope != all && $tsan_scope != multiworker ]]; then
     echo "run.sh: invalid TUTTI_TSAN_SCOPE=$tsan_scope:" \
@@ -301,6 +313,55 @@ run_bench_stage()
 }
 
 
+# run_fuzz_stage NAME: each fuzz target as one test.
+run_fuzz_stage()
+{
+    local name=$1 start=$SECONDS log="$logdir/$1.log" target
+    local passed=0 failed=0
+    echo
+    echo "== $name: tests/fuzz/run.sh --seconds $fuzz_seconds" \
+        "${fuzz_targets[*]}"
+    for target in "${fuzz_targets[@]}"; do
+        # libFuzzer stops itself after the given time; the timeout only
+        # catches a run that hangs before it starts fuzzing.
+        if timeout -k 10 $((fuzz_seconds + 120)) bash tests/fuzz/run.sh \
+            --seconds "$fuzz_seconds" "$target" 2>&1 | tee -a "$log"; then
+            passed=$((passed + 1))
+        else
+            failed=$((failed + 1))
+            failed_list+=("$name: fuzz_$target, see build/fuzz/work/$target.log")
+        fi
+    done
+    record_stage "$name" "$passed" "$failed" 0 $((SECONDS - start)) ""
+}
+
+
+# run_soak_stage NAME BUILD_DIR [VAR=VALUE...]: a 30 s soak run as one
+# test that passes when the script exits 0.
+run_soak_stage()
+{
+    local name=$1 build=$2
+    shift 2
+    local start=$SECONDS log="$logdir/$name.log" status
+    echo
+    echo "== $name: SOAK_SECONDS=30 python3 tests/soak/soak.py" \
+        "(TUTTI_BIN=$build/tutti)"
+    env TUTTI_BIN="$root/$build/tutti" FAULTD_BIN="$root/$build/faultd" \
+        SOAK_SECONDS=30 SOAK_DIR="$root/build/$name" "$@" \
+        timeout -k 10 "$soak_timeout" "$python" tests/soak/soak.py \
+        2>&1 | tee "$log"
+    status=${PIPESTATUS[0]}
+    if ((status == 0)); then
+        record_stage "$name" 1 0 0 $((SECONDS - start)) ""
+    else
+        local reason
+        reason="soak.py $(describe_status "$status" "$soak_timeout")"
+        failed_list+=("$name: $reason")
+        record_stage "$name" 0 1 0 $((SECONDS - start)) "$reason"
+    fi
+}
+
+
 run_unit_stage unit build/tests
 run_unit_stage unit-asan build/asan/tests "${asan_env[@]}"
 
@@ -327,6 +388,9 @@ else
 fi
 
 run_bench_stage bench-smoke
+run_soak_stage soak-short build
+run_soak_stage soak-short-asan build/asan "${asan_env[@]}"
+run_fuzz_stage fuzz-smoke
 
 total_passed=0
 total_failed=0
