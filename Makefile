@@ -139,7 +139,7 @@ soak: deps
 	TUTTI_BIN=$(BUILD)/tutti FAULTD_BIN=$(BUILD)/faultd python3 tests/soak/soak.py
 
 # The benchmark against the Go, Node and nginx+Lua peers: writes
-# BENCHMARKS.md and docs/bench/*.png (about 15 minutes, on a quiet machine).
+# BENCHMARKS.md and docs/bench/*.png (about 12 minutes, on a quiet machine).
 BENCH_PKGS = wrk gnuplot-nox golang-go golang-golang-x-sync-dev \
 	golang-golang-x-net-dev libnginx-mod-http-lua lua-cjson valgrind \
 	nghttp2-server
@@ -156,6 +156,20 @@ format-check:
 		echo "clang-format --dry-run -Werror <$(words $(FORMAT_SRCS)) files>"; \
 		clang-format --dry-run -Werror $(FORMAT_SRCS); \
 	fi
+
+# Static analysis of the project's own C code (tests/lint/README.md):
+# clang-tidy with the checks in .clang-tidy, one process per core, then
+# cppcheck. Any finding fails.
+LINT_SRCS = $(CLIENT_SRCS) $(GATEWAY_SRCS) $(MAIN_SRC) $(FIXTURE_SRCS)
+LINT_FLAGS = $(CPPFLAGS) -std=c11 $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+.PHONY: lint
+lint:
+	printf '%s\n' $(LINT_SRCS) | xargs -P$(JOBS) -I{} \
+		clang-tidy --quiet --warnings-as-errors='*' {} -- $(LINT_FLAGS)
+	cppcheck -q -j$(JOBS) --std=c11 $(CPPFLAGS) \
+		--enable=warning,performance,portability --inline-suppr \
+		--suppressions-list=tests/lint/cppcheck.supp --error-exitcode=1 \
+		$(LINT_SRCS)
 
 .PHONY: clean
 clean:

@@ -1147,7 +1147,11 @@ http {{
 
 
 def parse_list(text, allowed, what):
-    items = [item.strip() for item in text.split(",") if item.strip()]
+    items = [item.strip() for item in text.split(",")]
+    if "" in items:
+        raise argparse.ArgumentTypeError(
+            f"empty {what} in {text!r}; give a comma-separated list such as "
+            f"{','.join(map(str, allowed[:2]))}")
     for item in items:
         if item not in allowed:
             raise argparse.ArgumentTypeError(
@@ -1194,8 +1198,12 @@ def parse_args(argv):
         args.rounds = 1 if args.smoke else 3
     if args.duration is None:
         args.duration = 1 if args.smoke else 4
-    if args.rounds < 1 or args.duration < 1:
-        parser.error("--rounds and --duration must be at least 1")
+    for name in ("rounds", "duration"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} {getattr(args, name)}: must be at "
+                         "least 1")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out}: exists and is not a directory")
     return args
 
 
@@ -1258,6 +1266,10 @@ def main(argv):
         for failure in bench.failures:
             print("  " + failure.splitlines()[0])
         return 1
+    if args.smoke and args.out is None and not args.keep_work:
+        # Nothing in a passing smoke run is read afterwards.
+        shutil.rmtree(base, ignore_errors=True)
+        return 0
     if args.keep_work:
         log(f"kept the work directory {bench.work}")
     else:

@@ -405,11 +405,19 @@ static void parse_args(int argc, char **argv)
             print_usage(stdout);
             exit(0);
         }
-        if (i + 1 >= argc) {
-            if (strncmp(option, "--", 2) == 0) {
-                usage_error(option, "missing value");
-            }
+        static const char *const known[] = {
+            "--url",        "--rate",          "--duration", "--connections",
+            "--timeout-ms", "--max-in-flight", "--hold",     "--samples",
+        };
+        bool is_known = false;
+        for (size_t k = 0; k < sizeof(known) / sizeof(known[0]); k++) {
+            is_known = is_known || strcmp(option, known[k]) == 0;
+        }
+        if (!is_known) {
             usage_error(option, "unknown option");
+        }
+        if (i + 1 >= argc) {
+            usage_error(option, "missing value");
         }
         const char *value = argv[++i];
         if (strcmp(option, "--url") == 0) {

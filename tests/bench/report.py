@@ -457,7 +457,9 @@ class Report:
              "request's scheduled send time. A round has "
              f"{bench.s3_rate * bench.duration:,} requests, so its p99.9 "
              f"rests on the slowest "
-             f"{max(1, bench.s3_rate * bench.duration // 1000)} of them."),
+             f"{max(1, bench.s3_rate * bench.duration // 1000)} of them. "
+             "The added columns are medians of the per-round differences, "
+             "so they need not equal the difference of the medians shown."),
             (4, "s4-1", self.section_s4,
              f"wrk, {bench.wrk_connections} connections, calls spread over "
              "the three nginx."),
@@ -466,12 +468,16 @@ class Report:
              f"all sent at once, one {bench.s5_scheme}:// call to faultd "
              f"answering after {bench.s5_delay_ms} ms. KiB per request is "
              "(peak RSS - idle RSS) / held requests, RSS summed over the "
-             "gateway's processes and sampled every 20 ms."),
+             "gateway's processes and sampled every 20 ms until loadgen "
+             "ends, so the peak includes the connections after their "
+             "responses, which loadgen keeps open."),
             (6, "s6", self.section_s6,
              f"loadgen at {bench.s6_rate} requests/s, three calls to faultd "
              f"that never answer, deadline {bench.s6_deadline_ms} ms. "
              "Columns: response time minus the deadline, from loadgen's "
-             "per-request samples."),
+             "per-request samples, each the median of its per-round value "
+             "(the goal's earliest response is the minimum over all "
+             "rounds). With few samples a round's p99.9 is its maximum."),
             (7, "s7", self.section_s7,
              "One call answers 500 at once, and two would take 2 s. "
              "Requests are sent one at a time. Cancel latency is faultd's "
@@ -479,7 +485,9 @@ class Report:
              "the failing call. When the gateway drops a slow call while "
              "its connection is still being set up, the connection closes "
              "before the request arrives, and faultd's `conn_close` event "
-             "of that connection gives the sample instead."),
+             "of that connection gives the sample instead. Each column is "
+             "a median over the rounds on its own, so the counts need not "
+             "add up."),
             (8, "s8", self.section_s8,
              f"wrk, {bench.wrk_connections} connections, straight to one "
              "nginx downstream."),
@@ -528,11 +536,16 @@ class Report:
         if missed:
             parts += ["", "### Missed goals", ""]
         for goal in missed:
-            note = self.goal_notes.get(goal.goal_id) or (
-                f"TODO(lead): explain from a profile, in "
-                f"GOAL_NOTES[\"{goal.goal_id}\"] of tests/bench/bench.py.")
-            parts += [f"- **{goal.text}**: missed by {goal.shortfall}.",
-                      f"  - Profile explanation: {note}"]
+            note = self.goal_notes.get(goal.goal_id)
+            parts.append(f"- **{goal.text}**: missed by {goal.shortfall}.")
+            if note:
+                parts.append("  - Cause, from a profile taken when the "
+                             f"goal was last missed (not from this run): "
+                             f"{note}")
+            else:
+                parts.append("  - No profile of this miss is recorded yet "
+                             f"(GOAL_NOTES[\"{goal.goal_id}\"] in "
+                             "tests/bench/bench.py).")
         if self.bench.failures:
             parts += ["", "## Failed steps", ""]
             parts += [f"- {failure.splitlines()[0]}"
