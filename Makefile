@@ -162,10 +162,12 @@ format-check:
 # cppcheck. Any finding fails.
 LINT_SRCS = $(CLIENT_SRCS) $(GATEWAY_SRCS) $(MAIN_SRC) $(FIXTURE_SRCS)
 LINT_FLAGS = $(CPPFLAGS) -std=c11 $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-.PHONY: lint
-lint:
+.PHONY: lint lint-clang-tidy lint-cppcheck
+lint: lint-clang-tidy lint-cppcheck
+lint-clang-tidy:
 	printf '%s\n' $(LINT_SRCS) | xargs -P$(JOBS) -I{} \
 		clang-tidy --quiet --warnings-as-errors='*' {} -- $(LINT_FLAGS)
+lint-cppcheck:
 	cppcheck -q -j$(JOBS) --std=c11 $(CPPFLAGS) \
 		--enable=warning,performance,portability --inline-suppr \
 		--suppressions-list=tests/lint/cppcheck.supp --error-exitcode=1 \

@@ -483,6 +483,8 @@ static void remember_tried(route_t *rt, const endpoint_t *ep)
     }
     if (rt->ntried == rt->tried_cap) {
         size_t cap = 2 * rt->tried_cap;
+        /* tried_cap starts at ROUTE_INLINE_TRIED, never 0. */
+        /* NOLINTNEXTLINE(clang-analyzer-optin.portability.UnixAPI) */
         uint64_t *ids = malloc(cap * sizeof(*ids));
         if (ids == NULL) {
             return;
@@ -533,6 +535,8 @@ static endpoint_t *draw_weighted(upstream_t *up, const svc_state_t *s,
     for (size_t i = 0; i < n; i++) {
         total += selection_weight(s, cand[i]);
     }
+    /* The caller passes n > 0 and each weight is at least 1. */
+    /* cppcheck-suppress zerodiv */
     uint64_t pick = next_random(up) % total;
     for (size_t i = 0; i < n; i++) {
         uint64_t w = selection_weight(s, cand[i]);
@@ -890,6 +894,8 @@ static void apply_endpoints(svc_state_t *s, const resolver_result_t *res)
         }
     }
     up->stats.endpoints -= s->neps;
+    /* next[0..nnext) was filled above; next is an array of pointers. */
+    /* cppcheck-suppress uninitvar */
     memcpy(s->eps, next, nnext * sizeof(next[0]));
     s->neps = nnext;
     up->stats.endpoints += nnext;

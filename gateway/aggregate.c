@@ -491,6 +491,8 @@ static int append_json_string(buf_t *out, const char *s)
             esc[1] = 't';
             break;
         default:
+            /* esc is a fixed 6-byte escape, not a string. */
+            /* NOLINTNEXTLINE(bugprone-not-null-terminated-result) */
             memcpy(esc + 1, "u00", 3);
             esc[4] = hex[c >> 4];
             esc[5] = hex[c & 0xf];

@@ -742,6 +742,8 @@ static void count_wasted(const fanout_t *fo)
     for (size_t i = 0; i < fo->ncalls; i++) {
         const fcall_t *fc = &fo->calls[i];
         bool abandoned =
+            /* calls is NULL only when ncalls is 0. */
+            /* NOLINTNEXTLINE(clang-analyzer-core.NullDereference) */
             fc->state == FCALL_CANCELLED ||
             (fc->state == FCALL_FAILED &&
              (fc->kind == KIND_TIMEOUT || fc->kind == KIND_DEADLINE));

@@ -410,7 +410,10 @@ int header_list_add(header_list_t *l, const char *name, const char *value)
     }
     for (size_t i = 0; i < nlen; i++) {
         char c = name[i];
-        block[i] = c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+        if (c >= 'A' && c <= 'Z') {
+            c = (char)(c - 'A' + 'a');
+        }
+        block[i] = c;
     }
     block[nlen] = '\0';
     memcpy(block + nlen + 1, value, vlen + 1);

@@ -587,12 +587,18 @@ int main(int argc, char **argv)
     char bound[80];
     if (fds == NULL || workers == NULL ||
         open_listeners(host, port, nworkers, fds, bound, sizeof(bound)) != 0) {
+        free(fds);
+        free(workers);
+        workers = NULL;
         shared_config_release(current_config);
         return 1;
     }
     /* The admin daemon answers only once the main loop runs, when every
      * worker has started. */
     if (admin_start(main_loop, cfg, workers, nworkers) != 0) {
+        free(fds);
+        free(workers);
+        workers = NULL;
         shared_config_release(current_config);
         return 1;
     }

@@ -137,6 +137,8 @@ static int compile_placeholder(template_t *t, const char *s, size_t len,
         return add_part(t, TPL_PARAM, s, len, -1, in_query);
     }
     for (size_t i = 0; i < nparams; i++) {
+        /* params is NULL only when nparams is 0. */
+        /* NOLINTNEXTLINE(clang-analyzer-core.NullDereference) */
         if (strlen(params[i]) == len && memcmp(params[i], s, len) == 0) {
             return add_part(t, TPL_PARAM, s, len, (int)i, in_query);
         }

@@ -182,6 +182,8 @@ void trace_format_parent(const trace_ctx_t *ctx,
     /* "00-" TRACE-ID "-" SPAN-ID "-" FLAGS, written in place: one of these
      * is formatted for every downstream call. */
     char *p = out;
+    /* The last trace_hex call ends the string. */
+    /* NOLINTNEXTLINE(bugprone-not-null-terminated-result) */
     memcpy(p, "00-", 3);
     p += 3;
     trace_hex(ctx->trace_id, TRACE_ID_LEN, p);

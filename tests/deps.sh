@@ -19,7 +19,10 @@ packages=(
     # promtool, which checks the admin listener's /metrics output.
     prometheus
     # The benchmark's smoke run in `make test`: load, plots, callgrind.
+    # valgrind also runs the integration-memcheck stage.
     wrk gnuplot-nox valgrind
+    # `make lint`, the lint stage of `make test`.
+    clang-tidy cppcheck
     # Sanitizer runtimes for gcc 12. gcc-12 already depends on them on amd64,
     # but naming them catches an image where they were removed.
     libasan8 libubsan1 libtsan2

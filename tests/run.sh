@@ -15,6 +15,13 @@
 #                     TUTTI_TSAN_SCOPE=multiworker
 #                     runs only the tests marked `multiworker`, the ones
 #                     where several worker threads run.
+#   integration-memcheck
+#                     the tests marked `memcheck` (MEMCHECK_FILES in
+#                     conftest.py) against build/tutti under valgrind
+#                     memcheck; a memory error or a definite or indirect
+#                     leak fails the test that started that tutti
+#   lint              `make lint-clang-tidy` and `make lint-cppcheck`, one
+#                     test each, which passes when the tool finds nothing
 #   bench-smoke       tests/bench/bench.py --smoke against build/tutti and
 #                     the peers that can run, counted as one test that
 #                     passes when the script exits 0
@@ -33,6 +40,7 @@
 #   TUTTI_BENCH_TIMEOUT  seconds for the benchmark smoke run (default 300)
 #   TUTTI_SOAK_TIMEOUT   seconds per short soak run (default 300)
 #   TUTTI_FUZZ_SECONDS   seconds of fuzzing per fuzz target (default 30)
+#   TUTTI_LINT_TIMEOUT   seconds per lint tool (default 300)
 #   PYTEST_ADDOPTS       extra pytest options, as pytest reads them
 set -uo pipefail
 
@@ -46,6 +54,7 @@ tsan_scope=${TUTTI_TSAN_SCOPE:-all}
 bench_timeout=${TUTTI_BENCH_TIMEOUT:-300}
 soak_timeout=${TUTTI_SOAK_TIMEOUT:-300}
 fuzz_seconds=${TUTTI_FUZZ_SECONDS:-30}
+lint_timeout=${TUTTI_LINT_TIMEOUT:-300}
 fuzz_targets=(config route aggregate h1 h2)
 logdir="$root/build/test-logs"
 if [[ $tsan_scope != all && $tsan_scope != multiworker ]]; then
@@ -59,6 +68,12 @@ asan_env=(
     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 )
 tsan_env=(TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1)
+# Exit status 99 is the one conftest.py reads as a valgrind report.
+memcheck_env=(
+    "TUTTI_WRAPPER=valgrind --quiet --leak-check=full
+    --errors-for-leak-kinds=definite,indirect --error-exitcode=99
+    --suppressions=$root/tests/lint/valgrind.supp"
+)
 
 rm -rf "$logdir"
 mkdir -p "$logdir"
@@ -336,6 +351,26 @@ run_fuzz_stage()
 }
 
 
+# run_lint_stage NAME: each lint tool as one test.
+run_lint_stage()
+{
+    local name=$1 start=$SECONDS log="$logdir/$1.log" tool
+    local passed=0 failed=0
+    echo
+    echo "== $name: make lint-clang-tidy lint-cppcheck"
+    for tool in clang-tidy cppcheck; do
+        if timeout -k 10 "$lint_timeout" make --no-print-directory \
+            "lint-$tool" 2>&1 | tee -a "$log"; then
+            passed=$((passed + 1))
+        else
+            failed=$((failed + 1))
+            failed_list+=("$name: $tool, see ${log#"$root"/}")
+        fi
+    done
+    record_stage "$name" "$passed" "$failed" 0 $((SECONDS - start)) ""
+}
+
+
 # run_soak_stage NAME BUILD_DIR [VAR=VALUE...]: a 30 s soak run as one
 # test that passes when the script exits 0.
 run_soak_stage()
@@ -385,7 +420,11 @@ else
     fi
     run_pytest_stage integration-tsan build/tsan "$tsan_args" "$tsan_note" \
         "${tsan_env[@]}"
+    run_pytest_stage integration-memcheck build "-m memcheck" \
+        "-m memcheck, valgrind" "${memcheck_env[@]}"
 fi
+
+run_lint_stage lint
 
 run_bench_stage bench-smoke
 run_soak_stage soak-short build
@@ -397,9 +436,9 @@ total_failed=0
 total_skipped=0
 echo
 echo "== summary (logs in ${logdir#"$root"/})"
-printf '%-18s %7s %7s %8s %6s  %s\n' stage passed failed skipped time note
+printf '%-20s %7s %7s %8s %6s  %s\n' stage passed failed skipped time note
 for i in "${!stage_names[@]}"; do
-    printf '%-18s %7d %7d %8d %5ds  %s\n' "${stage_names[$i]}" \
+    printf '%-20s %7d %7d %8d %5ds  %s\n' "${stage_names[$i]}" \
         "${stage_passed[$i]}" "${stage_failed[$i]}" "${stage_skipped[$i]}" \
         "${stage_seconds[$i]}" "${stage_notes[$i]}"
     total_passed=$((total_passed + stage_passed[i]))

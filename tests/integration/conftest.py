@@ -10,6 +10,7 @@ builds.
 import http.client
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -42,6 +43,15 @@ DEFAULT_GRACE_MS = 2000
 # of 5000 ms gives load balancers time); drain tests set their own.
 DEFAULT_DRAIN_DELAY_MS = 0
 
+# TUTTI_WRAPPER is a command put before tutti wherever the suite starts it
+# through gateway() or run_tutti(), for instance valgrind in the
+# integration-memcheck stage of tests/run.sh. The wrapper must exit with
+# WRAPPER_ERROR_STATUS when it found an error: that status fails the test.
+# A wrapped tutti is much slower, so it gets longer to start and to stop.
+TUTTI_WRAPPER = shlex.split(os.environ.get("TUTTI_WRAPPER", ""))
+WRAPPER_ERROR_STATUS = 99
+WRAPPER_SLOWDOWN = 6 if TUTTI_WRAPPER else 1
+
 
 def binary(env_name, default):
     path = Path(os.environ.get(env_name, default))
@@ -53,11 +63,55 @@ def binary(env_name, default):
     return str(path)
 
 
+def tutti_argv(args):
+    """The command that runs tutti with |args|, behind TUTTI_WRAPPER."""
+    return TUTTI_WRAPPER + [binary("TUTTI_BIN", "build/tutti")] + list(args)
+
+
+def wrapper_report(proc):
+    """Return the wrapper's error report on |proc|'s stderr, or None."""
+    if not TUTTI_WRAPPER:
+        return None
+    status = proc.popen.returncode
+    if status == WRAPPER_ERROR_STATUS:
+        lines = [line for line in proc.stderr().splitlines()
+                 if line.startswith("==")]
+        return (f"{TUTTI_WRAPPER[0]} found errors (exit status "
+                f"{status}):\n" + "\n".join(lines)[-6000:])
+    if status is not None and status < 0:
+        return (f"{proc.name} killed by signal {-status} before "
+                f"{TUTTI_WRAPPER[0]} could check it")
+    return None
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers",
         "multiworker: runs tutti with --workers 2 (the TSan run selects "
         "these with -m multiworker)")
+    config.addinivalue_line(
+        "markers",
+        "memcheck: runs under valgrind in the integration-memcheck stage "
+        "(set from MEMCHECK_FILES)")
+
+
+# The tests of the integration-memcheck stage (-m memcheck): whole files
+# whose tests set no upper bound on latency, which a tutti 20 to 50 times
+# slower under valgrind would miss, less the tests in MEMCHECK_TIMED.
+MEMCHECK_FILES = {
+    "test_aggregate.py", "test_check.py", "test_contracts_emit.py",
+    "test_headers.py", "test_http.py", "test_request_id.py",
+    "test_trace.py",
+}
+MEMCHECK_TIMED = {"test_calls_run_concurrently"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if (Path(str(item.fspath)).name in MEMCHECK_FILES
+                and getattr(item, "originalname", None)
+                not in MEMCHECK_TIMED):
+            item.add_marker(pytest.mark.memcheck)
 
 
 # Parametrize a test over one and two gateway workers; only the
@@ -571,24 +625,23 @@ def gateway(tmp_path, write_config):
         port = free_port()
         top.setdefault("listen", f"127.0.0.1:{port}")
         config_path = write_config(services, routes, **top)
-        argv = [binary("TUTTI_BIN", "build/tutti"),
-                "--config", str(config_path),
-                "--listen", f"127.0.0.1:{port}",
-                "--workers", str(workers),
-                "--log-level", log_level]
+        argv = tutti_argv(["--config", str(config_path),
+                           "--listen", f"127.0.0.1:{port}",
+                           "--workers", str(workers),
+                           "--log-level", log_level])
         if env is not None:
             env = {**os.environ, **env}
         proc = Process(f"tutti{len(started) + 1}", argv, tmp_path, env=env)
         gw = Gateway(proc, port, config_path)
         started.append(gw)
-        proc.wait_ready(gw._listening)
+        proc.wait_ready(gw._listening, timeout=10.0 * WRAPPER_SLOWDOWN)
         return gw
 
     yield start
     failures = []
     for gw in started:
-        gw.proc.stop()
-        report = gw.proc.sanitizer_report()
+        gw.proc.stop(timeout=10.0 * WRAPPER_SLOWDOWN)
+        report = gw.proc.sanitizer_report() or wrapper_report(gw.proc)
         if report is not None:
             failures.append(f"sanitizer report from {gw.proc.name}:\n"
                             f"{report}")
@@ -598,9 +651,14 @@ def gateway(tmp_path, write_config):
 
 def run_tutti(args, cwd, timeout=20.0):
     """Run tutti to completion (check mode, bad configs, --help)."""
-    return subprocess.run([binary("TUTTI_BIN", "build/tutti")] + list(args),
+    done = subprocess.run(tutti_argv(args),
                           cwd=cwd, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True,
+                          timeout=timeout * WRAPPER_SLOWDOWN)
+    if TUTTI_WRAPPER and done.returncode == WRAPPER_ERROR_STATUS:
+        pytest.fail(f"{TUTTI_WRAPPER[0]} found errors in tutti "
+                    f"{' '.join(args)}:\n{done.stderr[-6000:]}")
+    return done
 
 
 def error_of(resp):
