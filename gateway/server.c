@@ -58,7 +58,7 @@ typedef struct client_watch_s {
     uint64_t head_since_ns; /* start of the wait for the next head */
     uint64_t timeout_ms;    /* client_timeout_ms */
     int fd;
-    bool in_request;  /* a head arrived and its request is not completed */
+    bool in_request;  /* a whole request arrived and is not completed */
     int open_handles; /* poll and timer not yet closed */
 } client_watch_t;
 
@@ -778,6 +778,20 @@ static req_t *req_new(worker_t *w, struct MHD_Connection *conn, const char *url,
 }
 
 
+/* The whole request, head and body, has arrived: the head timer of its
+ * connection stops counting until the request completes, so a request
+ * waiting for its calls is never cut. Until then the timer bounds the
+ * head and the body together. */
+static void mark_request_received(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    if (ci != NULL && ci->socket_context != NULL) {
+        ((client_watch_t *)ci->socket_context)->in_request = true;
+    }
+}
+
+
 enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
                                   const char *url, const char *method,
                                   const char *version, const char *upload_data,
@@ -792,23 +806,20 @@ enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
             return MHD_NO;
         }
         *con_cls = r;
-        const union MHD_ConnectionInfo *ci =
-            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-        if (ci != NULL && ci->socket_context != NULL) {
-            ((client_watch_t *)ci->socket_context)->in_request = true;
-        }
         if (admit_request(r) && !reject_long_url(r, url) &&
             !reject_raw_path_byte(r, url) && !reject_ambiguous_framing(r) &&
             !reject_unsafe_field(r)) {
             route_request(r, url);
         }
         if (r->state == REQ_ANSWERED) {
+            mark_request_received(conn);
             return queue_answer(r);
         }
         return MHD_YES;
     }
 
     if (r->state == REQ_ANSWERED) {
+        mark_request_received(conn);
         *upload_data_size = 0;
         return r->queued ? MHD_YES : queue_answer(r);
     }
@@ -828,6 +839,7 @@ enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
         *upload_data_size = 0;
         return MHD_YES;
     }
+    mark_request_received(conn);
     if (r->body_too_large && r->state == REQ_BODY) {
         char msg[160];
         snprintf(msg, sizeof(msg),

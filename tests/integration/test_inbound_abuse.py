@@ -464,6 +464,36 @@ def test_stalled_request_body_times_out(gateway, faultd):
     assert_alive(gw)
 
 
+def test_steady_trickled_body_closed(gateway, faultd):
+    """A body sent a byte every 100 ms, never silent for long, is cut
+    client_timeout_ms (1 s) after the connection started: the head and
+    the body must arrive together within that time. The call never
+    starts, and other clients are served meanwhile."""
+    gw = abuse_gateway(gateway, faultd, client_timeout_ms=1000)
+    head = (b"PUT /items/1 HTTP/1.1\r\nHost: t\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+    steady = [Trickle(gw.port, head + b"[" + b"1," * 499, 1, 0.1, 8.0)
+              for _ in range(10)]
+    for t in steady:
+        t.sent = len(head)
+        t.sock.sendall(head)
+        t.start()
+
+    time.sleep(0.3)
+    served = gw.get("/items/meanwhile", timeout=5.0)
+    for t in steady:
+        t.join(timeout=12.0)
+
+    assert served.status == 200, served
+    assert served.elapsed < FAST_S, served
+    for t in steady:
+        assert t.closed_after is not None, "still open"
+        assert 0.6 < t.closed_after < 3.0, t.closed_after
+        assert t.reply == b"", t.reply
+    assert store_requests(faultd) == []
+    assert_alive(gw)
+
+
 def test_trickled_request_body_forwarded_once(gateway, faultd):
     """A body that arrives a few bytes at a time, each piece inside
     client_timeout_ms, is forwarded once complete, whole. The route's
