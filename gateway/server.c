@@ -508,6 +508,8 @@ typedef struct framing_s {
     const char *length; /* first Content-Length value */
     bool conflicting;   /* another Content-Length with a different value */
     bool chunked;       /* a Transfer-Encoding field is present */
+    const char *coding; /* a Transfer-Encoding value other than chunked */
+    const char *spaced; /* a field name with a space or tab in it */
 } framing_t;
 
 
@@ -524,6 +526,11 @@ static enum MHD_Result on_framing_header(void *cls, enum MHD_ValueKind kind,
         }
     } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
         f->chunked = true;
+        if (strcasecmp(value, "chunked") != 0 && f->coding == NULL) {
+            f->coding = value;
+        }
+    } else if (strpbrk(key, " \t") != NULL && f->spaced == NULL) {
+        f->spaced = key;
     }
     return MHD_YES;
 }
@@ -538,6 +545,37 @@ static bool reject_ambiguous_framing(req_t *r)
 {
     framing_t f = {0};
     MHD_get_connection_values(r->conn, MHD_HEADER_KIND, on_framing_header, &f);
+    if (f.spaced != NULL || f.coding != NULL) {
+        /* RFC 9112, 5.1: whitespace before the colon hides a field, which
+         * another parser may read as Transfer-Encoding. RFC 9112, 6.1: a
+         * body in a coding other than chunked has no length here.
+         * libmicrohttpd 0.9.75 waits for such a body until the client
+         * timeout. */
+        char msg[200];
+        const char *shown = f.spaced != NULL ? f.spaced : f.coding;
+        for (const unsigned char *p = (const unsigned char *)shown; *p; p++) {
+            if (*p < 0x20 || *p >= 0x7f) {
+                shown = "(not printable)";
+                break;
+            }
+        }
+        if (f.spaced != NULL) {
+            snprintf(msg, sizeof(msg),
+                     "invalid header field name \"%.80s\": it contains "
+                     "whitespace; remove any space before the colon and "
+                     "do not fold header lines",
+                     shown);
+        } else {
+            snprintf(msg, sizeof(msg),
+                     "Transfer-Encoding \"%.80s\" is not supported; send "
+                     "the body with Content-Length or Transfer-Encoding: "
+                     "chunked",
+                     shown);
+        }
+        r->close_after = true;
+        answer_simple(r, 400, "bad_request", msg);
+        return true;
+    }
     if (!f.conflicting && !(f.chunked && f.length != NULL)) {
         return false;
     }
