@@ -84,7 +84,7 @@ const char *headers_reserved_reason(const char *name)
     if (name_in(name, TUTTI_FIELDS, NITEMS(TUTTI_FIELDS))) {
         return "is set by tutti on every call";
     }
-    /* tutti answers Expect: 100-continue itself and sends a call's body
+    /* tutti handles Expect: 100-continue itself and sends a call's body
      * at once, so the field means nothing to a service. */
     if (strcasecmp(name, "expect") == 0) {
         return "is handled by tutti and never forwarded";

@@ -323,7 +323,7 @@ INVALID_UTF8 = {
 def test_invalid_utf8_rejected(gateway, faultd, name):
     """A body with bytes that are not UTF-8 is a 502 bad_response, and
     none of its bytes reach the client, in the body or in the message:
-    the whole answer is valid UTF-8."""
+    the whole response is valid UTF-8."""
     body = INVALID_UTF8[name]
     gw = body_gateway(gateway, faultd.h1_url, [raw_path(body)])
 

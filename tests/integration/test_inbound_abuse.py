@@ -181,7 +181,7 @@ def test_malformed_content_length(gateway, faultd, value):
 
 def test_obs_fold_field_rejected(gateway, faultd):
     """libmicrohttpd 0.9.75 glues a folded line onto the field before it,
-    so the field name holds whitespace, and tutti rejects the request with
+    so the field name contains whitespace, and tutti rejects the request with
     400, one of the two answers RFC 9112, 5.2 allows. Nothing reaches the
     service."""
     gw = abuse_gateway(gateway, faultd, service_options={
@@ -393,7 +393,7 @@ def test_slowloris_pause_closed(gateway, faultd):
 def test_slowloris_steady_closed(gateway, faultd):
     """Clients that keep sending their head a byte every 100 ms, never
     silent for long, are closed client_timeout_ms (1 s) after the
-    connection started, without an answer; other clients are served
+    connection started, without a response; other clients are served
     meanwhile."""
     gw = abuse_gateway(gateway, faultd, client_timeout_ms=1000)
     head = b"GET /items/1 HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 1000
