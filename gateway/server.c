@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 
 #include "aggregate.h"
+#include "buf.h"
 #include "errors.h"
 #include "fanout.h"
 #include "headers.h"
@@ -112,6 +113,9 @@ struct req_s {
     size_t ninbound;
     size_t inbound_cap;
     const char *unsafe_field; /* a field whose value has a control byte */
+    const char *bad_name;     /* a field name that is not a token */
+    size_t nhost;             /* Host fields */
+    char *authority;          /* of an absolute-form target, else NULL */
     bool inbound_nomem;
 };
 
@@ -250,6 +254,7 @@ static void req_free(req_t *r)
     buf_free(&r->extra);
     free(r->answer);
     free(r->path);
+    free(r->authority);
     while (r->strings != NULL) {
         req_str_t *s = r->strings;
         r->strings = s->next;
@@ -361,9 +366,11 @@ static const char *lookup_query(void *arg, const char *name)
     memcpy(s->text, raw, n + 1);
     s->next = r->strings;
     r->strings = s;
+    /* reject_bad_url refused every value that cannot be decoded. Should
+     * that check and the decoder ever disagree, the value is left out
+     * rather than sent half-decoded. */
     if (template_decode(s->text, true) != 0) {
-        /* A malformed escape is passed on encoded, never half-decoded. */
-        memcpy(s->text, raw, n + 1);
+        return NULL;
     }
     return s->text;
 }
@@ -509,8 +516,21 @@ typedef struct framing_s {
     bool conflicting;   /* another Content-Length with a different value */
     bool chunked;       /* a Transfer-Encoding field is present */
     const char *coding; /* a Transfer-Encoding value other than chunked */
-    const char *spaced; /* a field name with a space or tab in it */
 } framing_t;
+
+
+/* Returns |s|, or a placeholder when it contains a byte that is not
+ * printable ASCII, so that an error message stays valid UTF-8 and never
+ * carries a control byte to a terminal. */
+static const char *printable(const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p < 0x20 || *p >= 0x7f) {
+            return "(not printable)";
+        }
+    }
+    return s;
+}
 
 
 /* MHD_KeyValueIterator over the request headers. */
@@ -529,8 +549,6 @@ static enum MHD_Result on_framing_header(void *cls, enum MHD_ValueKind kind,
         if (strcasecmp(value, "chunked") != 0 && f->coding == NULL) {
             f->coding = value;
         }
-    } else if (strpbrk(key, " \t") != NULL && f->spaced == NULL) {
-        f->spaced = key;
     }
     return MHD_YES;
 }
@@ -545,33 +563,15 @@ static bool reject_ambiguous_framing(req_t *r)
 {
     framing_t f = {0};
     MHD_get_connection_values(r->conn, MHD_HEADER_KIND, on_framing_header, &f);
-    if (f.spaced != NULL || f.coding != NULL) {
-        /* RFC 9112, 5.1: whitespace before the colon hides a field, which
-         * another parser may read as Transfer-Encoding. RFC 9112, 6.1: a
-         * body in a coding other than chunked has no length here.
-         * libmicrohttpd 0.9.75 waits for such a body until the client
-         * timeout. */
+    if (f.coding != NULL) {
+        /* RFC 9112, 6.1: a body in a coding other than chunked has no
+         * length here. libmicrohttpd 0.9.75 waits for such a body until
+         * the client timeout. */
         char msg[200];
-        const char *shown = f.spaced != NULL ? f.spaced : f.coding;
-        for (const unsigned char *p = (const unsigned char *)shown; *p; p++) {
-            if (*p < 0x20 || *p >= 0x7f) {
-                shown = "(not printable)";
-                break;
-            }
-        }
-        if (f.spaced != NULL) {
-            snprintf(msg, sizeof(msg),
-                     "invalid header field name \"%.80s\": it contains "
-                     "whitespace; remove any space before the colon and "
-                     "do not fold header lines",
-                     shown);
-        } else {
-            snprintf(msg, sizeof(msg),
-                     "Transfer-Encoding \"%.80s\" is not supported; send "
-                     "the body with Content-Length or Transfer-Encoding: "
-                     "chunked",
-                     shown);
-        }
+        snprintf(msg, sizeof(msg),
+                 "Transfer-Encoding \"%.80s\" is not supported; send the "
+                 "body with Content-Length or Transfer-Encoding: chunked",
+                 printable(f.coding));
         r->close_after = true;
         answer_simple(r, 400, "bad_request", msg);
         return true;
@@ -637,8 +637,8 @@ static void route_request(req_t *r, const char *url)
         unsigned long long n = strtoull(cl, NULL, 10);
         if (n > cfg->max_request_body_bytes) {
             snprintf(msg, sizeof(msg),
-                     "request body of %llu bytes is larger "
-                     "than the limit of %zu bytes",
+                     "request body of %llu bytes is larger than the "
+                     "max_request_body_bytes limit of %zu bytes",
                      n, cfg->max_request_body_bytes);
             answer_simple(r, 413, "payload_too_large", msg);
         }
@@ -675,54 +675,100 @@ static bool admit_request(req_t *r)
 }
 
 
-/* MHD_KeyValueIterator: adds the length of one query argument, with its
- * "?" or "&" and "=", to the size_t at |cls|. The arguments are kept as
- * sent (server_keep_escaped), so the sum is the query's length. */
+/* What reject_bad_url learns from the query arguments. */
+typedef struct query_scan_s {
+    size_t len;          /* of the query, with its "?", "&" and "=" */
+    const char *bad_key; /* the first argument with an invalid name or value */
+    const char *problem; /* what is wrong with it */
+} query_scan_t;
+
+
+/* Returns what is wrong with a query argument's name or value as sent,
+ * or NULL. A service must receive exactly the text the client meant, so
+ * a value that cannot be decoded is refused, not passed on re-encoded. */
+static const char *query_text_problem(const char *s)
+{
+    /* libmicrohttpd has turned each "+" into a space already. */
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p < 0x20 || *p >= 0x7f) {
+            return "it contains a byte that is not visible ASCII; "
+                   "percent-encode it";
+        }
+        if (*p != '%') {
+            continue;
+        }
+        int hi = hex_digit_value(p[1]);
+        int lo = hi < 0 ? -1 : hex_digit_value(p[2]);
+        if (lo < 0) {
+            return "malformed percent-encoding; write a literal \"%\" as "
+                   "%25";
+        }
+        if (hi == 0 && lo == 0) {
+            return "it contains %00 (NUL), which cannot be sent to a service";
+        }
+        p += 2;
+    }
+    return NULL;
+}
+
+
+/* MHD_KeyValueIterator over the query arguments, which are kept as sent
+ * (server_keep_escaped): adds each one's length to the query's and finds
+ * the first that cannot be decoded. */
 static enum MHD_Result on_query_argument(void *cls, enum MHD_ValueKind kind,
                                          const char *key, const char *value)
 {
-    size_t *len = cls;
-    *len += 1 + strlen(key) + (value != NULL ? 1 + strlen(value) : 0);
+    query_scan_t *q = cls;
+    q->len += 1 + strlen(key) + (value != NULL ? 1 + strlen(value) : 0);
+    if (q->bad_key == NULL) {
+        q->problem = query_text_problem(key);
+        if (q->problem == NULL && value != NULL) {
+            q->problem = query_text_problem(value);
+        }
+        if (q->problem != NULL) {
+            q->bad_key = key;
+        }
+    }
     return MHD_YES;
 }
 
 
-/* Answers 414 when the path and query exceed max_url_bytes. A request
- * line that does not fit in max_header_bytes never gets here: MHD
- * answers it 414 itself. */
-static bool reject_long_url(req_t *r, const char *url)
+/* Responds 414 when the path and query exceed max_url_bytes, and 400 when
+ * the path contains a byte that is not visible ASCII or a query argument
+ * cannot be decoded. A request line that does not fit in
+ * max_header_bytes never gets here: MHD answers it 414 itself. */
+static bool reject_bad_url(req_t *r, const char *url)
 {
-    size_t len = strlen(url);
+    char msg[240];
+    query_scan_t q = {.len = strlen(url)};
     size_t max = (size_t)r->w->cfg->max_url_bytes;
     MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, on_query_argument,
-                              &len);
-    if (len <= max) {
-        return false;
-    }
-    char msg[160];
-    snprintf(msg, sizeof(msg),
-             "the URL of %zu bytes is longer than the limit of %zu bytes", len,
-             max);
-    answer_simple(r, 414, "uri_too_long", msg);
-    return true;
-}
-
-
-/* Rejects with 400 a path that contains a byte that is not visible ASCII. RFC
- * 3986 allows only those in a URI, so a client must percent-encode any
- * other; libmicrohttpd 0.9.75 passes such bytes through. The byte is
- * named by its value, so the message stays valid UTF-8. */
-static bool reject_raw_path_byte(req_t *r, const char *url)
-{
-    for (const unsigned char *p = (const unsigned char *)url; *p != '\0'; p++) {
-        if (*p > 0x20 && *p < 0x7f) {
-            continue;
-        }
-        char msg[160];
+                              &q);
+    if (q.len > max) {
         snprintf(msg, sizeof(msg),
-                 "invalid path: byte 0x%02X at offset %zu is not visible "
-                 "ASCII; percent-encode it",
-                 *p, (size_t)(p - (const unsigned char *)url));
+                 "the URL of %zu bytes is longer than the max_url_bytes "
+                 "limit of %zu bytes",
+                 q.len, max);
+        answer_simple(r, 414, "uri_too_long", msg);
+        return true;
+    }
+    /* RFC 3986 allows only visible ASCII in a URI, so a client must
+     * percent-encode any other byte; libmicrohttpd 0.9.75 passes such
+     * bytes through. The byte is named by its value, so the message stays
+     * valid UTF-8. */
+    for (const unsigned char *p = (const unsigned char *)url; *p != '\0'; p++) {
+        if (*p <= 0x20 || *p >= 0x7f) {
+            snprintf(msg, sizeof(msg),
+                     "invalid path: byte 0x%02X at offset %zu is not visible "
+                     "ASCII; percent-encode it",
+                     *p, (size_t)(p - (const unsigned char *)url));
+            answer_simple(r, 400, "bad_request", msg);
+            return true;
+        }
+    }
+    if (q.bad_key != NULL) {
+        snprintf(msg, sizeof(msg), "invalid query parameter \"%.80s\": %s",
+                 printable(q.bad_key), q.problem);
         answer_simple(r, 400, "bad_request", msg);
         return true;
     }
@@ -730,8 +776,70 @@ static bool reject_raw_path_byte(req_t *r, const char *url)
 }
 
 
-/* MHD_KeyValueIteratorN over the request headers: records each field
- * and the first whose value contains a control byte other than tab.
+/* Finds the path of the request target |url|, which libmicrohttpd passes
+ * without its query. The origin form "/items/1" is the path itself. The
+ * absolute form "http://host/items/1", which RFC 9112, 3.2.2 obliges a
+ * server to accept, gives its path ("/" when it has none), and its host
+ * stands for the Host field. Any other form, such as "*", gets 400. */
+static bool reject_bad_target(req_t *r, const char *url, const char **path)
+{
+    *path = url;
+    if (url[0] == '/') {
+        return false;
+    }
+    size_t scheme = 0;
+    if (strncasecmp(url, "http://", 7) == 0) {
+        scheme = 7;
+    } else if (strncasecmp(url, "https://", 8) == 0) {
+        scheme = 8;
+    }
+    const char *host = url + scheme;
+    size_t n = strcspn(host, "/");
+    /* RFC 9110, 4.2.4: user information in an http URI is an error. */
+    if (scheme > 0 && n > 0 && memchr(host, '@', n) == NULL) {
+        r->authority = strndup(host, n);
+        if (r->authority == NULL) {
+            answer_simple(r, 500, "internal", "out of memory");
+            return true;
+        }
+        for (size_t i = 0; i < r->ninbound; i++) {
+            if (strcasecmp(r->inbound[i].name, MHD_HTTP_HEADER_HOST) == 0) {
+                r->inbound[i].value = r->authority;
+            }
+        }
+        *path = host[n] == '/' ? host + n : "/";
+        return false;
+    }
+    char msg[240];
+    snprintf(msg, sizeof(msg),
+             "invalid request target \"%.100s\": send a path that starts "
+             "with \"/\", or an absolute http:// URL with a host",
+             printable(url));
+    answer_simple(r, 400, "bad_request", msg);
+    return true;
+}
+
+
+/* True when |s| is an RFC 9110 token, the syntax of a field name. */
+static bool is_token(const char *s)
+{
+    if (*s == '\0') {
+        return false;
+    }
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+              (*p >= '0' && *p <= '9') ||
+              strchr("!#$%&'*+-.^_`|~", *p) != NULL)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+
+/* MHD_KeyValueIteratorN over the request headers: records each field,
+ * counts the Host fields and notes the first field whose name is not a
+ * token or whose value contains a control byte other than tab.
  * libmicrohttpd 0.9.75 passes a bare CR and other control bytes inside a
  * value through to the application, and ends a value at a NUL. */
 static enum MHD_Result on_inbound_field(void *cls, enum MHD_ValueKind kind,
@@ -742,6 +850,12 @@ static enum MHD_Result on_inbound_field(void *cls, enum MHD_ValueKind kind,
     if (value == NULL) {
         value = "";
         value_size = 0;
+    }
+    if (r->bad_name == NULL && !is_token(key)) {
+        r->bad_name = key;
+    }
+    if (strcasecmp(key, MHD_HTTP_HEADER_HOST) == 0) {
+        r->nhost++;
     }
     /* X-Request-Id is never copied as sent: an invalid one is replaced
      * by a generated id. */
@@ -764,19 +878,49 @@ static enum MHD_Result on_inbound_field(void *cls, enum MHD_ValueKind kind,
 }
 
 
-/* Answers 400 when an inbound field value contains a control byte: CR or
- * LF could end a field early if the value were copied onto a call, and an
- * HTTP/2 service resets a stream that carries any other. */
-static bool reject_unsafe_field(req_t *r)
+/* Responds 400, with the connection closed, to a head that RFC 9112 makes
+ * an error: a field name that is not a token (RFC 9112, 5.1: whitespace
+ * before the colon hides a field that another parser may read, and
+ * libmicrohttpd 0.9.75 glues a folded line onto a field name), a value
+ * with a control byte (CR or LF could end a field early if the value
+ * were copied onto a call, and an HTTP/2 service resets a stream that
+ * carries any other), and a Host field missing from an HTTP/1.1 request
+ * or given twice (RFC 9112, 3.2). */
+static bool reject_bad_fields(req_t *r, const char *version)
 {
-    if (r->unsafe_field == NULL) {
+    char msg[240];
+    if (r->bad_name != NULL) {
+        const char *name = printable(r->bad_name);
+        if (strpbrk(r->bad_name, " \t") != NULL) {
+            snprintf(msg, sizeof(msg),
+                     "invalid header field name \"%.80s\": it contains "
+                     "whitespace; remove any space before the colon and "
+                     "do not fold header lines",
+                     name);
+        } else {
+            snprintf(msg, sizeof(msg),
+                     "invalid header field name \"%.80s\": a name may "
+                     "contain only letters, digits and !#$%%&'*+-.^_`|~",
+                     name);
+        }
+    } else if (r->unsafe_field != NULL) {
+        snprintf(msg, sizeof(msg),
+                 "invalid value of header %.100s: it contains a control "
+                 "character (a byte below 0x20 other than tab, or DEL "
+                 "0x7F)",
+                 r->unsafe_field);
+    } else if (r->nhost > 1) {
+        snprintf(msg, sizeof(msg),
+                 "the request has %zu Host header fields; send exactly one",
+                 r->nhost);
+    } else if (r->nhost == 0 && strcmp(version, MHD_HTTP_VERSION_1_0) != 0) {
+        snprintf(msg, sizeof(msg),
+                 "the request has no Host header field, which %.20s requires; "
+                 "send one",
+                 printable(version));
+    } else {
         return false;
     }
-    char msg[200];
-    snprintf(msg, sizeof(msg),
-             "invalid value of header %.100s: it contains a control "
-             "character (CR, LF, NUL or another byte below 0x20 but tab)",
-             r->unsafe_field);
     r->close_after = true;
     answer_simple(r, 400, "bad_request", msg);
     return true;
@@ -844,10 +988,13 @@ enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
             return MHD_NO;
         }
         *con_cls = r;
-        if (admit_request(r) && !reject_long_url(r, url) &&
-            !reject_raw_path_byte(r, url) && !reject_ambiguous_framing(r) &&
-            !reject_unsafe_field(r)) {
-            route_request(r, url);
+        /* The framing and field checks come first: they close the
+         * connection, which a response to a bad URL alone does not. */
+        const char *path = url;
+        if (!reject_ambiguous_framing(r) && !reject_bad_fields(r, version) &&
+            admit_request(r) && !reject_bad_url(r, url) &&
+            !reject_bad_target(r, url, &path)) {
+            route_request(r, path);
         }
         if (r->state == REQ_ANSWERED) {
             mark_request_received(conn);
@@ -881,7 +1028,8 @@ enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
     if (r->body_too_large && r->state == REQ_BODY) {
         char msg[160];
         snprintf(msg, sizeof(msg),
-                 "request body is larger than the limit of %zu bytes",
+                 "request body is larger than the max_request_body_bytes "
+                 "limit of %zu bytes",
                  r->wc->cfg->max_request_body_bytes);
         r->close_after = true;
         answer_simple(r, 413, "payload_too_large", msg);

@@ -100,6 +100,8 @@ def test_inbound_control_byte_rejected(gateway, faultd, field):
 
     assert data.startswith(b"HTTP/1.1 400"), data[:300]
     assert b"contains a control character" in data, data
+    if b"\x7f" in field:
+        assert b"or DEL 0x7F" in data, data
     assert faultd.select(event="request") == []
 
 

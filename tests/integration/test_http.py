@@ -59,6 +59,8 @@ def test_body_over_limit_413(gateway, faultd):
 
     assert resp.status == 413, resp
     assert_json_response(resp)
+    assert "max_request_body_bytes limit of 100 bytes" in \
+        resp.json()["error"]["message"], resp
     assert faultd.select(event="request") == []
 
 
@@ -178,6 +180,8 @@ def test_chunked_body_over_limit_413(gateway, faultd):
 
     assert resp.status == 413, resp
     assert_json_response(resp)
+    assert "max_request_body_bytes limit of 100 bytes" in \
+        resp.json()["error"]["message"], resp
     assert faultd.select(event="request") == []
 
 

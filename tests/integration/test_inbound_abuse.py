@@ -29,6 +29,7 @@ def abuse_gateway(gateway, faultd, **top):
         route("/items/{id}", [call("store", "svc", "/store/{id}",
                                    method="POST", forward_body=True)],
               method="PUT"),
+        route("/search", [call("found", "svc", "/s?q={query.q}")]),
     ], **top)
 
 
@@ -68,6 +69,23 @@ def status_of(reply):
 
 def body_of(reply):
     return reply.split(b"\r\n\r\n", 1)[1]
+
+
+def rejected(port, head):
+    """Send |head| (request line and fields) with Connection: close;
+    check that the response is a JSON 400 bad_request in valid UTF-8 and
+    return its error object and its body."""
+    reply, _ = exchange(port, head + b"Connection: close\r\n\r\n")
+    assert status_of(reply) == 400, reply
+    body = body_of(reply)
+    body.decode("utf-8")
+    err = json.loads(body)["error"]
+    assert err["kind"] == "bad_request", err
+    return err, body
+
+
+def get_head(target):
+    return b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n"
 
 
 def store_requests(faultd):
@@ -715,12 +733,8 @@ def test_bad_percent_encoding_400(gateway, faultd, target):
     message names percent-encoding, and no call is made."""
     gw = abuse_gateway(gateway, faultd)
 
-    reply, _ = exchange(gw.port, b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n"
-                        b"Connection: close\r\n\r\n")
+    err, _ = rejected(gw.port, get_head(target))
 
-    assert status_of(reply) == 400, reply
-    err = json.loads(body_of(reply))["error"]
-    assert err["kind"] == "bad_request"
     assert "percent-encoding" in err["message"], err
     assert faultd.select(event="request") == []
     assert_alive(gw)
@@ -735,14 +749,8 @@ def test_non_ascii_path(gateway, faultd, target):
     The answer is valid UTF-8 and never echoes the byte."""
     gw = abuse_gateway(gateway, faultd)
 
-    reply, _ = exchange(gw.port, b"GET " + target + b" HTTP/1.1\r\nHost: t\r\n"
-                        b"Connection: close\r\n\r\n")
+    err, body = rejected(gw.port, get_head(target))
 
-    assert status_of(reply) == 400, reply
-    body = body_of(reply)
-    body.decode("utf-8")
-    err = json.loads(body)["error"]
-    assert err["kind"] == "bad_request"
     bad = next(b for b in target if b < 0x21 or b > 0x7e)
     assert f"byte 0x{bad:02X} at offset {target.index(bytes([bad]))}" \
         in err["message"], err
@@ -764,3 +772,136 @@ def test_escaped_non_ascii_path_served(gateway, faultd):
     assert resp.status == 200, resp
     assert resp.json()["item"]["path"] == "/i/caf%C3%A9"
     assert_alive(gw)
+
+
+# ------------------------------------------------------------ queries
+
+
+BAD_QUERIES = {
+    "nul": (b"/items/1?q=%00", 'invalid query parameter "q"', "%00 (NUL)"),
+    "bad-escape": (b"/search?q=%zz", 'invalid query parameter "q"',
+                   "malformed percent-encoding"),
+    "cut-escape": (b"/search?a=1&q=ab%4", 'invalid query parameter "q"',
+                   "malformed percent-encoding"),
+    "lone-percent": (b"/search?q=100%", 'invalid query parameter "q"',
+                     'write a literal "%" as %25'),
+    "bad-name": (b"/search?q%zz=1", 'invalid query parameter "q%zz"',
+                 "malformed percent-encoding"),
+    "raw-byte": (b"/search?q=caf\xc3\xa9", 'invalid query parameter "q"',
+                 "not visible ASCII; percent-encode it"),
+    "unused": (b"/items/1?utm=%G0", 'invalid query parameter "utm"',
+               "malformed percent-encoding"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_QUERIES))
+def test_bad_query_400(gateway, faultd, name):
+    """A query argument that cannot be decoded gets a JSON 400 naming the
+    argument, whether the route uses it or not, and no call is made: a
+    service never receives a value re-encoded from what the client
+    sent."""
+    gw = abuse_gateway(gateway, faultd)
+    target, argument, problem = BAD_QUERIES[name]
+
+    err, _ = rejected(gw.port, get_head(target))
+
+    assert argument in err["message"] and problem in err["message"], err
+    assert faultd.select(event="request") == []
+    assert_alive(gw)
+
+
+def test_query_value_reaches_service_as_meant(gateway, faultd):
+    """A well-formed query value is decoded once and encoded once: "+" and
+    %20 arrive as %20, an escaped "+" stays escaped, UTF-8 stays as
+    sent."""
+    gw = abuse_gateway(gateway, faultd)
+
+    resp = gw.get("/search?q=a+b%20c%2Bd%C3%A9")
+
+    assert resp.status == 200, resp
+    assert resp.json()["found"]["path"] == "/s?q=a%20b%20c%2Bd%C3%A9", resp
+
+
+# ----------------------------------------------- targets and Host
+
+
+BAD_HEADS = {
+    "no-host": (b"GET /items/1 HTTP/1.1\r\n",
+                "no Host header field, which HTTP/1.1 requires"),
+    "two-hosts": (b"GET /items/1 HTTP/1.1\r\nHost: a\r\nHost: b\r\n",
+                  "2 Host header fields; send exactly one"),
+    "two-hosts-1.0": (b"GET /items/1 HTTP/1.0\r\nHost: a\r\nHost: a\r\n",
+                      "2 Host header fields"),
+    "name-not-token": (b"GET /items/1 HTTP/1.1\r\nHost: a\r\nX(a): 1\r\n",
+                       'invalid header field name "X(a)": a name may '
+                       "contain only letters, digits"),
+    "name-at": (b"GET /items/1 HTTP/1.1\r\nHost: a\r\nFo@o: 1\r\n",
+                'invalid header field name "Fo@o"'),
+    "asterisk": (b"OPTIONS * HTTP/1.1\r\nHost: a\r\n",
+                 'invalid request target "*"'),
+    "authority-form": (b"GET t:80 HTTP/1.1\r\nHost: t\r\n",
+                       'invalid request target "t:80"'),
+    "userinfo": (b"GET http://u@t/items/1 HTTP/1.1\r\nHost: t\r\n",
+                 'invalid request target "http://u@t/items/1"'),
+    "no-authority": (b"GET http:///items/1 HTTP/1.1\r\nHost: t\r\n",
+                     'invalid request target "http:///items/1"'),
+    "other-scheme": (b"GET ftp://t/items/1 HTTP/1.1\r\nHost: t\r\n",
+                     'invalid request target "ftp://t/items/1"'),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_HEADS))
+def test_bad_request_head_400(gateway, faultd, name):
+    """Each of these gets a JSON 400 naming the problem (RFC 9112, 3.2 and
+    5.1): a Host field missing from HTTP/1.1 or given twice, a field name
+    that is not a token, a target that is neither a path nor an absolute
+    http URL. Nothing reaches the service."""
+    gw = abuse_gateway(gateway, faultd)
+    head, message = BAD_HEADS[name]
+
+    err, _ = rejected(gw.port, head)
+
+    assert message in err["message"], err
+    assert faultd.select(event="request") == []
+    assert_alive(gw)
+
+
+def test_http10_without_host_served(gateway, faultd):
+    """HTTP/1.0 has no Host field requirement: such a request is served."""
+    gw = abuse_gateway(gateway, faultd)
+
+    reply, _ = exchange(gw.port, b"GET /items/10 HTTP/1.0\r\n\r\n")
+
+    assert status_of(reply) == 200, reply
+    assert json.loads(body_of(reply))["item"]["path"] == "/i/10"
+
+
+@pytest.mark.parametrize("target,path", [
+    (b"http://gw.example:9/items/5?q=1", "/i/5"),
+    (b"HTTPS://gw.example:9/items/5", "/i/5"),
+])
+def test_absolute_form_target_served(gateway, faultd, target, path):
+    """An absolute-form target is routed by its path, and its host stands
+    for the Host field in X-Forwarded-Host (RFC 9112, 3.2.2)."""
+    gw = abuse_gateway(gateway, faultd)
+
+    reply, _ = exchange(gw.port, b"GET " + target + b" HTTP/1.1\r\n"
+                        b"Host: other.example\r\nConnection: close\r\n\r\n")
+
+    assert status_of(reply) == 200, reply
+    item = json.loads(body_of(reply))["item"]
+    assert item["path"] == path
+    assert item["headers"]["x-forwarded-host"] == "gw.example:9", item
+    assert_alive(gw)
+
+
+def test_absolute_form_without_path(gateway, faultd):
+    """An absolute-form target with no path stands for "/"."""
+    gw = abuse_gateway(gateway, faultd)
+
+    reply, _ = exchange(gw.port, b"GET http://gw.example HTTP/1.1\r\n"
+                        b"Host: gw.example\r\nConnection: close\r\n\r\n")
+
+    assert status_of(reply) == 404, reply
+    assert json.loads(body_of(reply))["error"]["message"] == \
+        "no route for path /"

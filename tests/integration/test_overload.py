@@ -216,7 +216,8 @@ def test_url_limit(gateway, faultd):
     for resp in (by_path, by_query):
         assert resp.status == 414, resp
         assert error_of(resp)["kind"] == "uri_too_long"
-        assert "limit of 1024 bytes" in error_of(resp)["message"]
+        assert "max_url_bytes limit of 1024 bytes" in \
+            error_of(resp)["message"], resp
 
 
 def test_request_line_beyond_header_limit(gateway, faultd):
