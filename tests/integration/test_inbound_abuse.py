@@ -40,25 +40,31 @@ def assert_alive(gw):
     assert resp.json()["item"]["path"] == "/i/alive", resp
 
 
+def read_all(s):
+    """Return everything received on |s| until the gateway closes it or
+    the socket's timeout passes, and whether it closed."""
+    chunks = []
+    closed = False
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                closed = True
+                break
+            chunks.append(chunk)
+    except ConnectionResetError:
+        closed = True
+    except socket.timeout:
+        pass
+    return b"".join(chunks), closed
+
+
 def exchange(port, data, timeout=3.0):
     """Send |data| on a new connection; return everything received until
     the gateway closes it or |timeout| passes, and whether it closed."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(data)
-        chunks = []
-        closed = False
-        try:
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    closed = True
-                    break
-                chunks.append(chunk)
-        except ConnectionResetError:
-            closed = True
-        except socket.timeout:
-            pass
-    return b"".join(chunks), closed
+        return read_all(s)
 
 
 def status_of(reply):
@@ -381,6 +387,32 @@ class Trickle(threading.Thread):
             self.sock.close()
 
 
+def serve_while_trickling(gw, trickles, served=1):
+    """Start |trickles|, send |served| normal requests meanwhile, wait for
+    the trickles to end, and check the normal requests were served at
+    once."""
+    for t in trickles:
+        t.start()
+    time.sleep(0.3)
+    responses = [gw.get("/items/meanwhile", timeout=5.0)
+                 for _ in range(served)]
+    for t in trickles:
+        t.join(timeout=12.0)
+    for resp in responses:
+        assert resp.status == 200, resp
+        assert resp.elapsed < FAST_S, resp
+
+
+def assert_closed(trickles, low, high, silent=True):
+    """Each trickle's connection was closed between |low| and |high|
+    seconds after it started; with |silent|, without a response."""
+    for t in trickles:
+        assert t.closed_after is not None, "still open"
+        assert low < t.closed_after < high, t.closed_after
+        if silent:
+            assert t.reply == b"", t.reply
+
+
 def test_slowloris_pause_closed(gateway, faultd):
     """Clients that send their head a byte at a time with pauses longer
     than client_timeout_ms (1 s) are closed after one pause, while other
@@ -388,22 +420,12 @@ def test_slowloris_pause_closed(gateway, faultd):
     gw = abuse_gateway(gateway, faultd, client_timeout_ms=1000)
     head = b"GET /items/1 HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 100
     slow = [Trickle(gw.port, head, 1, 2.5, 8.0) for _ in range(20)]
-    for t in slow:
-        t.start()
 
-    served = [gw.get("/items/meanwhile", timeout=5.0) for _ in range(5)]
-    for t in slow:
-        t.join(timeout=12.0)
+    serve_while_trickling(gw, slow, served=5)
 
-    for resp in served:
-        assert resp.status == 200, resp
-        assert resp.elapsed < FAST_S, resp
-    for t in slow:
-        # libmicrohttpd counts whole seconds: closed 1 to 2 s after the
-        # first byte, before the second arrives at 2.5 s.
-        assert t.closed_after is not None, "still open"
-        assert t.closed_after < 4.0, t.closed_after
-        assert t.reply == b"", t.reply
+    # libmicrohttpd counts whole seconds: closed 1 to 2 s after the first
+    # byte, before the second arrives at 2.5 s.
+    assert_closed(slow, 0.0, 4.0)
     assert faultd.select(event="request", path="/i/1") == []
     assert_alive(gw)
 
@@ -416,21 +438,10 @@ def test_slowloris_steady_closed(gateway, faultd):
     gw = abuse_gateway(gateway, faultd, client_timeout_ms=1000)
     head = b"GET /items/1 HTTP/1.1\r\nHost: t\r\nX-Slow: " + b"a" * 1000
     steady = [Trickle(gw.port, head, 1, 0.1, 8.0) for _ in range(20)]
-    for t in steady:
-        t.start()
 
-    time.sleep(0.3)
-    served = [gw.get("/items/meanwhile", timeout=5.0) for _ in range(5)]
-    for t in steady:
-        t.join(timeout=12.0)
+    serve_while_trickling(gw, steady, served=5)
 
-    for resp in served:
-        assert resp.status == 200, resp
-        assert resp.elapsed < FAST_S, resp
-    for t in steady:
-        assert t.closed_after is not None, "still open"
-        assert 0.9 < t.closed_after < 3.0, t.closed_after
-        assert t.reply == b"", t.reply
+    assert_closed(steady, 0.9, 3.0)
     assert faultd.select(event="request", path="/i/1") == []
     assert_alive(gw)
 
@@ -481,12 +492,7 @@ def test_slow_head_within_timeout_served(gateway, faultd):
         for i in range(0, len(head), 8):
             s.sendall(head[i:i + 8])
             time.sleep(0.05)
-        reply = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
+        reply, _ = read_all(s)
 
     assert status_of(reply) == 200, reply
     assert json.loads(body_of(reply))["item"]["path"] == "/i/slow"
@@ -501,19 +507,10 @@ def test_stalled_request_body_times_out(gateway, faultd):
             b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n")
     stalled = [Trickle(gw.port, head + b"[1,2,3", 4096, 0.05, 6.0)
                for _ in range(10)]
-    for t in stalled:
-        t.start()
 
-    time.sleep(0.3)
-    served = gw.get("/items/meanwhile", timeout=5.0)
-    for t in stalled:
-        t.join(timeout=10.0)
+    serve_while_trickling(gw, stalled)
 
-    assert served.status == 200, served
-    assert served.elapsed < FAST_S, served
-    for t in stalled:
-        assert t.closed_after is not None, "still open"
-        assert 0.9 < t.closed_after < 4.0, t.closed_after
+    assert_closed(stalled, 0.9, 4.0, silent=False)
     assert store_requests(faultd) == []
     assert_alive(gw)
 
@@ -531,19 +528,10 @@ def test_steady_trickled_body_closed(gateway, faultd):
     for t in steady:
         t.sent = len(head)
         t.sock.sendall(head)
-        t.start()
 
-    time.sleep(0.3)
-    served = gw.get("/items/meanwhile", timeout=5.0)
-    for t in steady:
-        t.join(timeout=12.0)
+    serve_while_trickling(gw, steady)
 
-    assert served.status == 200, served
-    assert served.elapsed < FAST_S, served
-    for t in steady:
-        assert t.closed_after is not None, "still open"
-        assert 0.6 < t.closed_after < 3.0, t.closed_after
-        assert t.reply == b"", t.reply
+    assert_closed(steady, 0.6, 3.0)
     assert store_requests(faultd) == []
     assert_alive(gw)
 
@@ -563,12 +551,7 @@ def test_trickled_request_body_forwarded_once(gateway, faultd):
         for i in range(0, len(body), 4):
             time.sleep(0.03)
             s.sendall(body[i:i + 4])
-        reply = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            reply += chunk
+        reply, _ = read_all(s)
 
     assert status_of(reply) == 200, reply
     assert json.loads(body_of(reply))["store"]["body"] == body.decode()

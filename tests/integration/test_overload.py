@@ -312,6 +312,37 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def assert_closed_without_spin(gw, request, idle_s, max_cpu_s):
+    """A new connection (sending |request|, if any) is closed at once, and
+    the gateway uses under |max_cpu_s| of CPU in the |idle_s| after."""
+    probe = socket.create_connection(("127.0.0.1", gw.port))
+    if request:
+        probe.sendall(request)
+    started = time.monotonic()
+    closed = wait_closed(probe, 3.0)
+    probe.close()
+    assert closed
+    assert time.monotonic() - started < FAST_S
+
+    cpu_before = cpu_seconds(gw.proc.pid)
+    time.sleep(idle_s)
+    cpu_used = cpu_seconds(gw.proc.pid) - cpu_before
+    assert cpu_used < max_cpu_s, \
+        f"{cpu_used:.2f} s of CPU in {idle_s} s at the limit"
+
+
+def assert_serves_again(gw, within_s=5.0):
+    """/fast gets a 200 within |within_s| seconds."""
+    deadline = time.monotonic() + within_s
+    status = None
+    while time.monotonic() < deadline and status != 200:
+        try:
+            status = gw.get("/fast", timeout=2.0).status
+        except (OSError, http.client.HTTPException):
+            time.sleep(0.1)
+    assert status == 200
+
+
 @pytest.mark.parametrize("workers", WORKERS)
 def test_fd_limit(gateway, faultd, workers):
     """At the descriptor limit (prlimit --nofile=64:64) new connections
@@ -331,33 +362,13 @@ def test_fd_limit(gateway, faultd, workers):
         # The gateway keeps 16 descriptors free for downstream calls.
         assert len(open_fds(gw.proc.pid)) >= 64 - 16 - 4
 
-        probe = socket.create_connection(("127.0.0.1", gw.port))
-        probe.sendall(b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n")
-        started = time.monotonic()
-        closed = wait_closed(probe, 3.0)
-        probe.close()
-        assert closed
-        assert time.monotonic() - started < FAST_S
-
-        cpu_before = cpu_seconds(gw.proc.pid)
-        time.sleep(2.0)
-        cpu_used = cpu_seconds(gw.proc.pid) - cpu_before
-        assert cpu_used < 0.5, f"{cpu_used:.2f} s of CPU in 2 s at the limit"
+        assert_closed_without_spin(
+            gw, b"GET /fast HTTP/1.1\r\nHost: t\r\n\r\n", 2.0, 0.5)
     finally:
         for s in client_socks:
             s.close()
 
-    deadline = time.monotonic() + 5.0
-    status = None
-    while time.monotonic() < deadline:
-        try:
-            status = gw.get("/fast", timeout=2.0).status
-        except (OSError, http.client.HTTPException):
-            status = None
-        if status == 200:
-            break
-        time.sleep(0.1)
-    assert status == 200
+    assert_serves_again(gw)
     warnings = [line for line in gw.logs()
                 if "too many open files" in line.get("msg", "")]
     assert warnings, "no warning logged at the descriptor limit"
@@ -386,32 +397,14 @@ def test_fd_limit_emfile(gateway, faultd):
         client_socks[0].sendall(b"GET /hang HTTP/1.1\r\nHost: t\r\n\r\n")
         time.sleep(0.5)
 
-        probe = socket.create_connection(("127.0.0.1", gw.port))
-        started = time.monotonic()
-        closed = wait_closed(probe, 2.0)
-        probe.close()
-        assert closed
-        assert time.monotonic() - started < FAST_S
-
-        cpu_before = cpu_seconds(gw.proc.pid)
-        time.sleep(1.0)
-        cpu_used = cpu_seconds(gw.proc.pid) - cpu_before
-        assert cpu_used < 0.25, f"{cpu_used:.2f} s of CPU in 1 s at EMFILE"
+        assert_closed_without_spin(gw, None, 1.0, 0.25)
     finally:
         for s in client_socks:
             s.close()
     emfile = [line for line in gw.logs()
               if "accept failed with EMFILE" in line.get("msg", "")]
     assert emfile, "no EMFILE warning logged"
-
-    deadline = time.monotonic() + 5.0
-    status = None
-    while time.monotonic() < deadline and status != 200:
-        try:
-            status = gw.get("/fast", timeout=2.0).status
-        except (OSError, http.client.HTTPException):
-            time.sleep(0.1)
-    assert status == 200
+    assert_serves_again(gw)
 
 
 # ---------------------------------------------------------------- soak
