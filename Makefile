@@ -61,7 +61,8 @@ $(FIXTURE): $(patsubst %.c,$(BUILD)/obj/%.o,$(FIXTURE_SRCS)) $(BUILD)/obj/client
 
 # libFuzzer targets, built with clang into build/fuzz apart from the gcc
 # trees; see tests/fuzz/README.md. The h1 and h2 targets link
-# tests/fuzz/fake_transport.c in place of clients/transport.c.
+# tests/fuzz/fake_transport.c in place of clients/transport.c, and
+# tests/fuzz/pool_fuzz.c, the loop and call results they share.
 FUZZ_CC ?= clang
 FUZZ_BUILD = build/fuzz
 FUZZ_TARGETS = config route aggregate h1 h2
@@ -72,7 +73,8 @@ FUZZ_CFLAGS = -std=c11 $(WARN) -Wno-unknown-warning-option -O1 -g \
 	$(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 FUZZ_LIB_OBJS = $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(CLIENT_SRCS) $(GATEWAY_SRCS))
 FUZZ_FAKE_OBJS = $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,clients/buf.c \
-	clients/errors.c clients/sockaddr.c tests/fuzz/fake_transport.c)
+	clients/errors.c clients/sockaddr.c tests/fuzz/fake_transport.c \
+	tests/fuzz/pool_fuzz.c)
 FUZZ_BINS = $(patsubst %,$(FUZZ_BUILD)/fuzz_%,$(FUZZ_TARGETS))
 
 $(FUZZ_BUILD)/obj/%.o: %.c

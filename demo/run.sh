@@ -11,6 +11,9 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=tests/lib/process.sh
+source "$root/tests/lib/process.sh"
+message_prefix=demo
 demo="$root/demo"
 tutti_bin=${TUTTI_BIN:-build/tutti}
 if [[ $tutti_bin != /* ]]; then
@@ -35,25 +38,10 @@ started=()
 
 cleanup()
 {
-    local i name pid waited
     trap - INT TERM HUP EXIT
-    for ((i = ${#started[@]} - 1; i >= 0; i--)); do
-        name=${started[$i]}
-        pid=${pids[$name]}
-        kill -TERM "$pid" 2>/dev/null || true
-        # tutti lets requests in flight finish first (shutdown_grace_ms is
-        # 5000 in demo/tutti.json), so allow 10 s before SIGKILL.
-        waited=0
-        while kill -0 "$pid" 2>/dev/null && ((waited < 100)); do
-            sleep 0.1
-            waited=$((waited + 1))
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            echo "demo: $name (pid $pid) did not stop in 10 s; killing it" >&2
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        wait "$pid" 2>/dev/null || true
-    done
+    # tutti lets requests in flight finish first (shutdown_grace_ms is
+    # 5000 in demo/tutti.json), so allow 10 s before SIGKILL.
+    stop_started 10
     rm -rf "$workdir"
 }
 trap cleanup EXIT
@@ -64,37 +52,6 @@ trap 'echo; echo "demo: stopping"; exit 0' INT TERM HUP
 # signal as "exit at once" and would skip draining otherwise. setsid does
 # not fork here, because a background job of a non-interactive shell is no
 # process group leader, so $! stays the server's PID.
-
-show_log()
-{
-    if [[ -s $workdir/$1.log ]]; then
-        echo "demo: $1 log:" >&2
-        cat "$workdir/$1.log" >&2
-    fi
-}
-
-
-# Wait until something accepts TCP connections on $host:$1, or until the
-# process named $2 has exited, or 10 s have passed.
-wait_for_port()
-{
-    local port=$1 name=$2 tries=0
-    while ((tries < 100)); do
-        if ! kill -0 "${pids[$name]}" 2>/dev/null; then
-            echo "demo: $name exited during startup" >&2
-            show_log "$name"
-            return 1
-        fi
-        if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-        tries=$((tries + 1))
-    done
-    echo "demo: $name is not listening on $host:$port after 10 s" >&2
-    show_log "$name"
-    return 1
-}
 
 # A port that already accepts connections belongs to someone else, and
 # waiting for it would report that process as ours.
@@ -132,14 +89,14 @@ setsid nginx -p "$workdir/nginx" -c "$workdir/nginx/nginx.conf" -e stderr \
     >"$workdir/nginx.log" 2>&1 &
 pids[nginx]=$!
 started+=(nginx)
-wait_for_port "$nginx_port" nginx
+wait_for_port "$nginx_port" nginx 10
 
 setsid nghttpd --no-tls --address="$host" --htdocs="$demo/h2root" \
     --mime-types-file="$demo/mime.types" "$h2_port" \
     >"$workdir/nghttpd.log" 2>&1 &
 pids[nghttpd]=$!
 started+=(nghttpd)
-wait_for_port "$h2_port" nghttpd
+wait_for_port "$h2_port" nghttpd 10
 
 if [[ ! -x $tutti_bin ]]; then
     echo "demo: $tutti_bin not found; run 'make' to build it." >&2
@@ -165,7 +122,7 @@ sed -e "s/$host:8080/$host:$tutti_port/" \
 setsid "$tutti_bin" --config "$workdir/tutti.json" --log-level info &
 pids[tutti]=$!
 started+=(tutti)
-if ! wait_for_port "$tutti_port" tutti; then
+if ! wait_for_port "$tutti_port" tutti 10; then
     exit 1
 fi
 

@@ -17,6 +17,9 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=tests/lib/process.sh
+source "$root/tests/lib/process.sh"
+message_prefix=verify
 
 if [[ ${TUTTI_CONTRACTS_NETNS:-} != 1 ]]; then
     if (($# == 0)); then
@@ -56,46 +59,12 @@ started=()
 
 cleanup()
 {
-    local i name pid
-    for ((i = ${#started[@]} - 1; i >= 0; i--)); do
-        name=${started[$i]}
-        pid=${pids[$name]}
-        kill -TERM "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
+    # A tutti still running here drains for up to shutdown_grace_ms (5000
+    # in demo/tutti.json) before it exits, so allow 10 s before SIGKILL.
+    stop_started 10
     rm -rf "$workdir"
 }
 trap cleanup EXIT
-
-show_log()
-{
-    if [[ -s $workdir/$1.log ]]; then
-        echo "verify: $1 log:" >&2
-        cat "$workdir/$1.log" >&2
-    fi
-}
-
-# Wait until $host:$1 accepts connections (5 s at most) while the process
-# named $2 runs.
-wait_for_port()
-{
-    local port=$1 name=$2 tries=0
-    while ((tries < 100)); do
-        if ! kill -0 "${pids[$name]}" 2>/dev/null; then
-            echo "verify: $name exited during startup" >&2
-            show_log "$name"
-            return 1
-        fi
-        if (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.05
-        tries=$((tries + 1))
-    done
-    echo "verify: $name is not listening on $host:$port after 5 s" >&2
-    show_log "$name"
-    return 1
-}
 
 start()
 {
@@ -110,11 +79,11 @@ start shop "$pact_bin" stub --loglevel warn --port 9101 \
     --file "$root/contracts/providers/tutti-shop.json"
 start users "$pact_bin" stub --loglevel warn --port 9201 \
     --file "$root/contracts/providers/tutti-users.json"
-wait_for_port 9101 shop
-wait_for_port 9201 users
+wait_for_port 9101 shop 5
+wait_for_port 9201 users 5
 
 start tutti "$tutti_bin" --config "$config" --log-level warn
-wait_for_port "$tutti_port" tutti
+wait_for_port "$tutti_port" tutti 5
 
 files=()
 for pact in "$@"; do

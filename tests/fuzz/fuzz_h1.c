@@ -18,33 +18,14 @@
 #include "errors.h"
 #include "fake_transport.h"
 #include "h1.h"
+#include "pool_fuzz.h"
 
 #define MAX_BODY 4096
 #define NCALLS 2
 
-typedef struct result_s {
-    int done; /* on_done calls */
-    int err;
-} result_t;
-
-static uv_loop_t loop;
-static int loop_ready;
-
-
-static void on_done(upcall_t *call, int err)
-{
-    result_t *r = call->data;
-
-    r->done++;
-    r->err = err;
-    if (r->done > 1) {
-        abort(); /* on_done must come once */
-    }
-}
-
-
 /* Checks what a pool promises about a call that ended. */
-static void check_result(const upcall_t *call, const result_t *r, int is_head)
+static void check_result(const upcall_t *call, const pool_fuzz_result_t *r,
+                         int is_head)
 {
     if (r->err != 0) {
         return;
@@ -84,10 +65,7 @@ static transport_t *current_transport(void)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (!loop_ready) {
-        uv_loop_init(&loop);
-        loop_ready = 1;
-    }
+    uv_loop_t *loop = pool_fuzz_loop();
     chunks_t chunks;
     chunks_parse(&chunks, data, size);
     int first_head = size > 0 && (data[0] & 0x08) != 0;
@@ -95,13 +73,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct sockaddr_in addr;
     uv_ip4_addr("127.0.0.1", 9, &addr);
     pool_options_t opts = {.max_connections = 2};
-    h1_pool_t *pool = h1_pool_new(&loop, (const struct sockaddr *)&addr, &opts);
+    h1_pool_t *pool = h1_pool_new(loop, (const struct sockaddr *)&addr, &opts);
     if (pool == NULL) {
         return 0;
     }
 
     upcall_t calls[NCALLS];
-    result_t results[NCALLS];
+    pool_fuzz_result_t results[NCALLS];
     memset(calls, 0, sizeof(calls));
     memset(results, 0, sizeof(results));
     for (int i = 0; i < NCALLS; i++) {
@@ -109,7 +87,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         calls[i].path = "/users/alice";
         calls[i].authority = "users.test";
         calls[i].max_body = MAX_BODY;
-        calls[i].on_done = on_done;
+        calls[i].on_done = pool_fuzz_on_done;
         calls[i].data = &results[i];
     }
 
@@ -126,7 +104,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (t != NULL) {
             fake_transport_read(t, piece, len);
         }
-        uv_run(&loop, UV_RUN_NOWAIT);
+        uv_run(loop, UV_RUN_NOWAIT);
     }
     /* The server closes; a call that retries on a new connection gets
      * that connection closed too. */
@@ -138,7 +116,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (t != NULL) {
             fake_transport_eof(t);
         }
-        uv_run(&loop, UV_RUN_NOWAIT);
+        uv_run(loop, UV_RUN_NOWAIT);
     }
 
     if (submitted && !results[active].done) {
@@ -148,7 +126,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check_result(&calls[i], &results[i], i == 0 && first_head);
     }
     h1_pool_close(pool);
-    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_run(loop, UV_RUN_DEFAULT);
     fake_transport_reset();
     for (int i = 0; i < NCALLS; i++) {
         buf_free(&calls[i].body_out);

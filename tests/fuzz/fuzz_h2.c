@@ -19,29 +19,9 @@
 #include "errors.h"
 #include "fake_transport.h"
 #include "h2.h"
+#include "pool_fuzz.h"
 
 #define MAX_BODY 4096
-
-typedef struct result_s {
-    int done; /* on_done calls */
-    int err;
-} result_t;
-
-static uv_loop_t loop;
-static int loop_ready;
-
-
-static void on_done(upcall_t *call, int err)
-{
-    result_t *r = call->data;
-
-    r->done++;
-    r->err = err;
-    if (r->done > 1) {
-        abort(); /* on_done must come once */
-    }
-}
-
 
 /* Connects the first transport, fails the connects of the others and
  * completes every pending write. */
@@ -55,16 +35,13 @@ static void settle_transports(void)
         fake_transport_connect(t, i == 0 ? 0 : TE_CONNECT);
         fake_transport_complete_writes(t);
     }
-    uv_run(&loop, UV_RUN_NOWAIT);
+    uv_run(pool_fuzz_loop(), UV_RUN_NOWAIT);
 }
 
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (!loop_ready) {
-        uv_loop_init(&loop);
-        loop_ready = 1;
-    }
+    uv_loop_t *loop = pool_fuzz_loop();
     chunks_t chunks;
     chunks_parse(&chunks, data, size);
     int with_body = size > 0 && (data[0] & 0x08) != 0;
@@ -73,7 +50,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uv_ip4_addr("127.0.0.1", 9, &addr);
     /* No connect, idle or PING timers: the target drives every event. */
     pool_options_t opts = {.max_connections = 1};
-    h2_pool_t *pool = h2_pool_new(&loop, (const struct sockaddr *)&addr, &opts);
+    h2_pool_t *pool = h2_pool_new(loop, (const struct sockaddr *)&addr, &opts);
     if (pool == NULL) {
         return 0;
     }
@@ -83,7 +60,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         {"x-request-id", "fuzz"},
     };
     upcall_t call;
-    result_t result = {0};
+    pool_fuzz_result_t result = {0};
     memset(&call, 0, sizeof(call));
     call.method = with_body ? "POST" : "GET";
     call.path = "/users/alice";
@@ -93,7 +70,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     call.body = with_body ? "{\"user\":\"alice\"}" : NULL;
     call.body_len = with_body ? strlen(call.body) : 0;
     call.max_body = MAX_BODY;
-    call.on_done = on_done;
+    call.on_done = pool_fuzz_on_done;
     call.data = &result;
 
     if (h2_pool_submit(pool, &call) == 0) {
@@ -130,7 +107,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     h2_pool_close(pool);
-    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_run(loop, UV_RUN_DEFAULT);
     fake_transport_reset();
     buf_free(&call.body_out);
     return 0;

@@ -14,6 +14,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,14 +23,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Sanitizer reports found in a process's stderr fail the test that
-# started it, because the process itself usually keeps running.
-SANITIZER_MARKERS = (
-    "ERROR: AddressSanitizer",
-    "ERROR: LeakSanitizer",
-    "WARNING: ThreadSanitizer",
-    "runtime error:",
-)
+# Process, free_port and port_open come from tests/lib/process.py, which
+# the soak test (tests/soak/soak.py) imports too.
+sys.path.insert(0, str(REPO / "tests" / "lib"))
+import process  # noqa: E402
+from process import free_port, port_open  # noqa: E402,F401
 
 # Wait this long for an event or a log line that should follow at once.
 # The bound is loose because sanitizer builds on 2 shared cores are slow.
@@ -122,88 +120,12 @@ WORKERS = [
 ]
 
 
-def free_port():
-    """Return a TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class Process(process.Process):
+    """A server process of a test. A sanitizer report in its stderr fails
+    that test (stop_and_check), and so does a failed start (wait_ready)."""
 
-
-def port_open(port):
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-class Process:
-    """A child process with stdout and stderr captured in files."""
-
-    def __init__(self, name, argv, workdir, env=None):
-        self.name = name
-        self.argv = argv
-        self.stdout_path = Path(workdir) / f"{name}.stdout"
-        self.stderr_path = Path(workdir) / f"{name}.stderr"
-        with open(self.stdout_path, "wb") as out, \
-                open(self.stderr_path, "wb") as err:
-            self.popen = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                cwd=workdir, env=env)
-
-    @property
-    def pid(self):
-        return self.popen.pid
-
-    def stdout(self):
-        return self.stdout_path.read_text(errors="replace")
-
-    def stderr(self):
-        return self.stderr_path.read_text(errors="replace")
-
-    def running(self):
-        return self.popen.poll() is None
-
-    def signal(self, signum):
-        if self.running():
-            os.kill(self.popen.pid, signum)
-
-    def wait(self, timeout):
-        return self.popen.wait(timeout=timeout)
-
-    def stop(self, timeout=10.0):
-        """Terminate, wait up to |timeout| seconds, then kill."""
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=5)
-        return self.popen.returncode
-
-    def sanitizer_report(self):
-        text = self.stderr()
-        for marker in SANITIZER_MARKERS:
-            index = text.find(marker)
-            if index >= 0:
-                return text[max(0, index - 200):index + 3000]
-        return None
-
-    def wait_ready(self, ready, timeout=10.0):
-        """Poll |ready()| until it returns a true value or time runs out."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = ready()
-            if value:
-                return value
-            if not self.running():
-                pytest.fail(f"{self.name} exited with status "
-                            f"{self.popen.returncode} before it was ready:"
-                            f"\n{self.stderr()[-3000:]}")
-            time.sleep(0.02)
-        pytest.fail(f"{self.name} not ready after {timeout} s:\n"
-                    f"{self.stderr()[-3000:]}")
+    def fail(self, message):
+        pytest.fail(message)
 
 
 def stop_and_check(proc, timeout=10.0):

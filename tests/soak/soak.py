@@ -20,7 +20,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,12 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+# Process, free_port and port_open come from tests/lib/process.py, which
+# the integration suite (tests/integration/conftest.py) imports too.
+sys.path.insert(0, str(REPO / "tests" / "lib"))
+import process  # noqa: E402
+from process import free_port, port_open  # noqa: E402
 
 
 def env_int(name, default):
@@ -55,13 +60,6 @@ WORKDIR = Path(os.environ.get("SOAK_DIR", REPO / "build" / "soak")).resolve()
 FD_MARGIN = 2
 RSS_MARGIN_KIB = 16 * 1024
 RSS_MARGIN_RATIO = 0.25
-
-SANITIZER_MARKERS = (
-    "ERROR: AddressSanitizer",
-    "ERROR: LeakSanitizer",
-    "WARNING: ThreadSanitizer",
-    "runtime error:",
-)
 
 # Error kinds and the status of the response that carries them (README,
 # "Responses"). Kind "status" depends on the downstream's status.
@@ -122,78 +120,15 @@ def binary(path):
     return str(path)
 
 
-def free_port(host="127.0.0.1"):
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+class Process(process.Process):
+    """A child process with stdout and stderr in files of WORKDIR. A
+    failed start raises RuntimeError."""
 
-
-def port_open(port, host="127.0.0.1"):
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-class Process:
-    """A child process with stdout and stderr in files of WORKDIR."""
+    ready_timeout = 15.0
+    stop_timeout = 15.0
 
     def __init__(self, name, argv):
-        self.name = name
-        self.stdout_path = WORKDIR / f"{name}.stdout"
-        self.stderr_path = WORKDIR / f"{name}.stderr"
-        with open(self.stdout_path, "wb") as out, \
-                open(self.stderr_path, "wb") as err:
-            self.popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                          stdout=out, stderr=err,
-                                          cwd=WORKDIR)
-
-    @property
-    def pid(self):
-        return self.popen.pid
-
-    def running(self):
-        return self.popen.poll() is None
-
-    def stdout(self):
-        return self.stdout_path.read_text(errors="replace")
-
-    def stderr(self):
-        return self.stderr_path.read_text(errors="replace")
-
-    def wait_ready(self, ready, timeout=15.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = ready()
-            if value:
-                return value
-            if not self.running():
-                raise RuntimeError(f"{self.name} exited with status "
-                                   f"{self.popen.returncode}:\n"
-                                   f"{self.stderr()[-2000:]}")
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.name} not ready after {timeout} s")
-
-    def stop(self, timeout=15.0):
-        """Send SIGTERM to this PID, wait, then SIGKILL; return the exit
-        status."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=5)
-        return self.popen.returncode
-
-    def sanitizer_report(self):
-        text = self.stderr()
-        for marker in SANITIZER_MARKERS:
-            index = text.find(marker)
-            if index >= 0:
-                return text[max(0, index - 200):index + 3000]
-        return None
+        super().__init__(name, argv, WORKDIR)
 
 
 def start_faultd(name, host, port):
@@ -237,10 +172,17 @@ class Dns:
         os.replace(tmp, self.hosts)
 
     def move(self, addresses):
+        """Returns False when dnsmasq has already been stopped."""
+        if not self.proc.running():
+            return False
         self.addresses = list(addresses)
         self._write()
-        os.kill(self.proc.pid, signal.SIGHUP)
+        try:
+            os.kill(self.proc.pid, signal.SIGHUP)
+        except ProcessLookupError:
+            return False
         self.moves += 1
+        return True
 
 
 # ------------------------------------------------------------ configuration
@@ -555,7 +497,8 @@ def dns_mover(dns, stop_event, rng):
     phases = [["127.0.0.2", "127.0.0.3"], ["127.0.0.2"], ["127.0.0.3"],
               ["127.0.0.3", "127.0.0.4"], ["127.0.0.2", "127.0.0.3"]]
     while not stop_event.wait(DNS_PERIOD_S):
-        dns.move(rng.choice(phases))
+        if not dns.move(rng.choice(phases)):
+            return
     dns.move(["127.0.0.2", "127.0.0.3"])
 
 
@@ -685,15 +628,18 @@ def run(procs):
     rng = random.Random(SEED + 1)
     helpers = [threading.Thread(target=dns_mover,
                                 args=(dns, stop_event,
-                                      random.Random(SEED + 2))),
+                                      random.Random(SEED + 2)),
+                                daemon=True),
                threading.Thread(target=reloader,
-                                args=(admin_port, stop_event, reloads))]
+                                args=(admin_port, stop_event, reloads),
+                                daemon=True)]
     start = time.monotonic()
     stop_at = start + SOAK_SECONDS
     interval = CONCURRENCY / RATE
     clients = [threading.Thread(target=client_thread,
                                 args=(port, routes, stats, stop_at, interval,
-                                      random.Random(rng.getrandbits(32))))
+                                      random.Random(rng.getrandbits(32))),
+                                daemon=True)
                for _ in range(CONCURRENCY)]
     for thread in helpers + clients:
         thread.start()
@@ -846,6 +792,9 @@ def main():
         result, problems = run(procs)
     except RuntimeError as exc:
         result, problems = {}, [f"set-up failed: {exc}"]
+    except KeyboardInterrupt:
+        # The helper threads are daemons: they end with the process.
+        result, problems = {}, ["interrupted before the checks"]
     finally:
         for proc in procs:
             proc.stop()
