@@ -694,8 +694,7 @@ static int on_headers_complete(http_parser *parser)
         conn->body_expected = parser->content_length;
         if (parser->content_length > call->max_body) {
             snprintf(call->errmsg, sizeof(call->errmsg),
-                     "response body larger than %zu bytes "
-                     "(Content-Length: %" PRIu64 ")",
+                     UPCALL_BODY_LIMIT_FMT " (Content-Length: %" PRIu64 ")",
                      call->max_body, (uint64_t)parser->content_length);
             return fail_in_callback(conn, TE_BAD_RESPONSE);
         }
@@ -710,8 +709,8 @@ static int on_body(http_parser *parser, const char *at, size_t len)
     upcall_t *call = conn->call;
 
     if (len > call->max_body || call->body_out.len > call->max_body - len) {
-        snprintf(call->errmsg, sizeof(call->errmsg),
-                 "response body larger than %zu bytes", call->max_body);
+        snprintf(call->errmsg, sizeof(call->errmsg), UPCALL_BODY_LIMIT_FMT,
+                 call->max_body);
         return fail_in_callback(conn, TE_BAD_RESPONSE);
     }
     if (buf_append(&call->body_out, at, len) != 0) {

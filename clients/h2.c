@@ -883,8 +883,7 @@ static int on_data_chunk_recv(nghttp2_session *session, uint8_t flags,
     call->phase = UPCALL_RECEIVING;
     if (len > call->max_body || call->body_out.len > call->max_body - len) {
         char msg[sizeof(call->errmsg)];
-        snprintf(msg, sizeof(msg), "response body larger than %zu bytes",
-                 call->max_body);
+        snprintf(msg, sizeof(msg), UPCALL_BODY_LIMIT_FMT, call->max_body);
         return stream_abort(session, st, TE_BAD_RESPONSE, msg);
     }
     if (buf_append(&call->body_out, data, len) != 0) {

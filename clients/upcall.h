@@ -35,6 +35,11 @@ typedef struct upcall_header_s {
     const char *value;
 } upcall_header_t;
 
+/* The message of a call whose response body passes max_body; the gateway
+ * sets max_body from max_response_body_bytes, so the message names it. */
+#define UPCALL_BODY_LIMIT_FMT                                                  \
+    "response body larger than the max_response_body_bytes limit of %zu bytes"
+
 struct upcall_s {
     /* Request, owned by the caller and valid until on_done or cancel. */
     const char *method;    /* "GET", "POST", ... */

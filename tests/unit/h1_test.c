@@ -812,7 +812,8 @@ static void test_h1_oversized_body(void **state)
     call_and_wait(f, &by_length);
     assert_int_equal(by_length.err, TE_BAD_RESPONSE);
     assert_string_equal(by_length.call.errmsg,
-                        "response body larger than 4 bytes "
+                        "response body larger than the max_response_body_bytes "
+                        "limit of 4 bytes "
                         "(Content-Length: 10)");
     assert_int_equal(by_length.conns_in_done, 0);
 
@@ -821,7 +822,8 @@ static void test_h1_oversized_body(void **state)
     call_and_wait(f, &by_chunks);
     assert_int_equal(by_chunks.err, TE_BAD_RESPONSE);
     assert_string_equal(by_chunks.call.errmsg,
-                        "response body larger than 4 bytes");
+                        "response body larger than the max_response_body_bytes "
+                        "limit of 4 bytes");
     assert_int_equal(by_chunks.conns_in_done, 0);
     assert_int_equal(f->server.accepted, 2);
     result_free(&by_length);

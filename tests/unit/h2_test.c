@@ -1075,7 +1075,8 @@ static void test_h2_max_body_exceeded(void **state)
     RUN_UNTIL(f, big.done > 0);
     assert_int_equal(big.err, TE_BAD_RESPONSE);
     assert_string_equal(big.call.errmsg,
-                        "response body larger than 1000 bytes");
+                        "response body larger than the max_response_body_bytes "
+                        "limit of 1000 bytes");
     assert_true(big.call.body_out.len <= 1000);
     assert_int_equal(big.call.status, 200);
 
