@@ -1,5 +1,8 @@
-/* Error kinds as they appear in responses and logs. */
+/* Error kinds as they appear in responses and logs, and errno text. */
 #include "errors.h"
+
+#include <stdio.h>
+#include <string.h>
 
 const char *te_kind(int err)
 {
@@ -23,4 +26,19 @@ const char *te_kind(int err)
     default:
         return "internal";
     }
+}
+
+
+/* glibc with _GNU_SOURCE declares the GNU strerror_r, which returns the
+ * message. Elsewhere the POSIX one fills |buf| and returns 0 or an error. */
+const char *te_errno_text(int err, char *buf, size_t len)
+{
+#if defined(__GLIBC__) && defined(_GNU_SOURCE)
+    return strerror_r(err, buf, len);
+#else
+    if (strerror_r(err, buf, len) != 0) {
+        snprintf(buf, len, "error %d", err);
+    }
+    return buf;
+#endif
 }

@@ -4,6 +4,8 @@
 #ifndef TUTTI_ERRORS_H
 #define TUTTI_ERRORS_H
 
+#include <stddef.h>
+
 enum {
     TE_OK = 0,
     TE_NOMEM = -1,        /* allocation failed */
@@ -18,5 +20,10 @@ enum {
 
 /* Returns the error "kind" used in JSON error objects, e.g. "connect". */
 const char *te_kind(int err);
+
+/* Returns the message for the errno value |err| from strerror_r. The result
+ * is |buf| (|len| bytes, owned by the caller) or a static string, and reads
+ * "error N" when strerror_r fails. */
+const char *te_errno_text(int err, char *buf, size_t len);
 
 #endif

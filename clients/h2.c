@@ -988,11 +988,18 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame,
 }
 
 
-/* Decides the result of an open stream that nghttp2 closed: success,
- * another attempt on some connection, or an error. */
+/* Unlinks |st| from the session after nghttp2 closed it or never opened it.
+ * A stream with no call left is freed. For an open stream, decides the
+ * result: success, another attempt on some connection, or an error. */
 static void stream_on_close(h2_conn_t *conn, h2_stream_t *st,
                             uint32_t error_code)
 {
+    session_unlink(conn, st);
+    if (st->state != STREAM_OPEN) {
+        stream_release(st);
+        return;
+    }
+
     const char *code = nghttp2_http2_strerror(error_code);
     int above_goaway = conn->goaway_received && st->id > conn->goaway_last_id;
 
@@ -1036,11 +1043,6 @@ static int on_stream_close(nghttp2_session *session, int32_t stream_id,
     if (st == NULL) {
         return 0;
     }
-    session_unlink(conn, st);
-    if (st->state != STREAM_OPEN) {
-        stream_release(st);
-        return 0;
-    }
     stream_on_close(conn, st, error_code);
     return 0;
 }
@@ -1066,11 +1068,6 @@ static int on_frame_not_send(nghttp2_session *session,
         st = st->session_next;
     }
     if (st == NULL) {
-        return 0;
-    }
-    session_unlink(conn, st);
-    if (st->state != STREAM_OPEN) {
-        stream_release(st);
         return 0;
     }
     stream_on_close(conn, st, NGHTTP2_REFUSED_STREAM);

@@ -2163,20 +2163,6 @@ int config_parse(const char *file, const char *text, size_t len, config_t **out,
 }
 
 
-/* Returns the text for |err| with either strerror_r variant. */
-static const char *errno_text(int err, char *buf, size_t len)
-{
-#if defined(__GLIBC__) && defined(_GNU_SOURCE)
-    return strerror_r(err, buf, len);
-#else
-    if (strerror_r(err, buf, len) != 0) {
-        snprintf(buf, len, "error %d", err);
-    }
-    return buf;
-#endif
-}
-
-
 /* A configuration is a few kilobytes; the cap keeps a wrong path such as
  * /dev/zero from filling memory. */
 #define CONFIG_FILE_MAX (16 * 1024 * 1024)
@@ -2237,7 +2223,7 @@ int config_load(const char *file, config_t **out, config_errors_t *errs)
                                    "bytes; is this the configuration file?",
                                    file, CONFIG_FILE_MAX)
                      : buf_appendf(&line, "%s: cannot read file: %s", file,
-                                   errno_text(err, msg, sizeof(msg)));
+                                   te_errno_text(err, msg, sizeof(msg)));
         if (rc != 0) {
             return TE_NOMEM;
         }

@@ -368,20 +368,6 @@ static int make_dirs(const char *dir)
 }
 
 
-/* Returns the text for |err| with either strerror_r variant. */
-static const char *errno_text(int err, char *buf, size_t len)
-{
-#if defined(__GLIBC__) && defined(_GNU_SOURCE)
-    return strerror_r(err, buf, len);
-#else
-    if (strerror_r(err, buf, len) != 0) {
-        snprintf(buf, len, "error %d", err);
-    }
-    return buf;
-#endif
-}
-
-
 int contracts_write(const config_t *cfg, const char *dir, char *err,
                     size_t errlen)
 {
@@ -389,7 +375,7 @@ int contracts_write(const config_t *cfg, const char *dir, char *err,
     int e = make_dirs(dir);
     if (e != 0) {
         snprintf(err, errlen, "%s: cannot create the directory: %s", dir,
-                 errno_text(e, text, sizeof(text)));
+                 te_errno_text(e, text, sizeof(text)));
         return TE_INVALID;
     }
     for (size_t i = 0; i < cfg->nservices; i++) {
@@ -409,7 +395,7 @@ int contracts_write(const config_t *cfg, const char *dir, char *err,
         if (rc != 0) {
             e = errno != 0 ? errno : EIO;
             snprintf(err, errlen, "%s: write failed: %s", path.data,
-                     errno_text(e, text, sizeof(text)));
+                     te_errno_text(e, text, sizeof(text)));
             buf_free(&path);
             return TE_INVALID;
         }

@@ -167,6 +167,26 @@ static int append_text_value(buf_t *out, const char *s)
 }
 
 
+static int append_text_field(buf_t *out, const char *key, json_t *v);
+
+
+/* Appends the pairs of |member| under the key "|key|.|name|", where |name|
+ * is the member's key or index in its object or array. It recurses through
+ * append_text_field once per nesting level. */
+/* NOLINTNEXTLINE(misc-no-recursion) */
+static int append_text_member(buf_t *out, const char *key, const char *name,
+                              json_t *member)
+{
+    char *sub = NULL;
+    if (asprintf(&sub, "%s.%s", key, name) < 0) {
+        return TE_NOMEM;
+    }
+    int rc = append_text_field(out, sub, member);
+    free(sub);
+    return rc;
+}
+
+
 /* Appends " key=value" for a scalar, or one pair per member of an object
  * or array, with the member's key or index joined by "." (calls.0.name).
  * It recurses once per nesting level of the log fields tutti builds. */
@@ -182,12 +202,7 @@ static int append_text_field(buf_t *out, const char *key, json_t *v)
         json_t *member;
         json_object_foreach(v, k, member)
         {
-            char *sub = NULL;
-            if (asprintf(&sub, "%s.%s", key, k) < 0) {
-                return TE_NOMEM;
-            }
-            int rc = append_text_field(out, sub, member);
-            free(sub);
+            int rc = append_text_member(out, key, k, member);
             if (rc != 0) {
                 return rc;
             }
@@ -199,12 +214,9 @@ static int append_text_field(buf_t *out, const char *key, json_t *v)
         json_t *member;
         json_array_foreach(v, i, member)
         {
-            char *sub = NULL;
-            if (asprintf(&sub, "%s.%zu", key, i) < 0) {
-                return TE_NOMEM;
-            }
-            int rc = append_text_field(out, sub, member);
-            free(sub);
+            char index[24];
+            snprintf(index, sizeof(index), "%zu", i);
+            int rc = append_text_member(out, key, index, member);
             if (rc != 0) {
                 return rc;
             }

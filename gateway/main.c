@@ -78,25 +78,32 @@ static const char *config_path;
 static bool listen_overridden;
 
 
-static int print_config_errors(const config_errors_t *errs)
+/* Loads |file| for a command-line run, with no earlier configuration to
+ * share TLS contexts with. Returns 0 with |*out| holding one reference, or
+ * prints each problem to stderr and returns 2, the exit status for an
+ * invalid configuration. */
+static int load_config(const char *file, shared_config_t **out)
 {
-    for (size_t i = 0; i < errs->count; i++) {
-        fprintf(stderr, "%s\n", errs->lines[i]);
+    config_errors_t errs = {0};
+    int rc = 0;
+
+    if (shared_config_load(file, NULL, out, &errs) != 0) {
+        for (size_t i = 0; i < errs.count; i++) {
+            fprintf(stderr, "%s\n", errs.lines[i]);
+        }
+        rc = 2;
     }
-    return 2;
+    config_errors_free(&errs);
+    return rc;
 }
 
 
 static int run_check(const char *file)
 {
     shared_config_t *sc = NULL;
-    config_errors_t errs = {0};
-    if (shared_config_load(file, NULL, &sc, &errs) != 0) {
-        int rc = print_config_errors(&errs);
-        config_errors_free(&errs);
-        return rc;
+    if (load_config(file, &sc) != 0) {
+        return 2;
     }
-    config_errors_free(&errs);
     printf("%s: ok\n", file);
     shared_config_release(sc);
     return 0;
@@ -149,13 +156,9 @@ static int run_contracts(int argc, char **argv)
     }
 
     shared_config_t *sc = NULL;
-    config_errors_t errs = {0};
-    if (shared_config_load(file, NULL, &sc, &errs) != 0) {
-        int rc = print_config_errors(&errs);
-        config_errors_free(&errs);
-        return rc;
+    if (load_config(file, &sc) != 0) {
+        return 2;
     }
-    config_errors_free(&errs);
     char err[512];
     int rc = contracts_write(sc->cfg, dir, err, sizeof(err));
     shared_config_release(sc);
@@ -534,13 +537,9 @@ int main(int argc, char **argv)
     log_set_level(opt.level);
     log_set_format(opt.format);
 
-    config_errors_t errs = {0};
-    if (shared_config_load(opt.config, NULL, &current_config, &errs) != 0) {
-        int rc = print_config_errors(&errs);
-        config_errors_free(&errs);
-        return rc;
+    if (load_config(opt.config, &current_config) != 0) {
+        return 2;
     }
-    config_errors_free(&errs);
     config_path = opt.config;
     listen_overridden = opt.listen != NULL;
     const config_t *cfg = current_config->cfg;
@@ -587,20 +586,12 @@ int main(int argc, char **argv)
     char bound[80];
     if (fds == NULL || workers == NULL ||
         open_listeners(host, port, nworkers, fds, bound, sizeof(bound)) != 0) {
-        free(fds);
-        free(workers);
-        workers = NULL;
-        shared_config_release(current_config);
-        return 1;
+        goto fail;
     }
     /* The admin daemon answers only once the main loop runs, when every
      * worker has started. */
     if (admin_start(main_loop, cfg, workers, nworkers) != 0) {
-        free(fds);
-        free(workers);
-        workers = NULL;
-        shared_config_release(current_config);
-        return 1;
+        goto fail;
     }
 
     uv_async_init(main_loop, &exited_async, on_worker_exited);
@@ -630,4 +621,11 @@ int main(int argc, char **argv)
     shared_config_release(current_config);
     ares_library_cleanup();
     return 0;
+
+fail:
+    free(fds);
+    free(workers);
+    workers = NULL;
+    shared_config_release(current_config);
+    return 1;
 }

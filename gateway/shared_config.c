@@ -87,20 +87,6 @@ static void add_tls_problem(config_errors_t *errs, const config_t *cfg,
 }
 
 
-/* Returns the text for |err| with either strerror_r variant. */
-static const char *errno_text(int err, char *buf, size_t len)
-{
-#if defined(__GLIBC__) && defined(_GNU_SOURCE)
-    return strerror_r(err, buf, len);
-#else
-    if (strerror_r(err, buf, len) != 0) {
-        snprintf(buf, len, "error %d", err);
-    }
-    return buf;
-#endif
-}
-
-
 /* Opens each file of |s| once, so that a missing or unreadable one is
  * reported under the key that names it, in the words tls_context_new
  * uses, and records its identity in |ids|. Returns the number of
@@ -136,7 +122,7 @@ static int check_tls_files(const config_t *cfg, const service_t *s,
         char msg[1024];
         int e = errno;
         snprintf(msg, sizeof(msg), "cannot load %s %s: %s", files[i].kind,
-                 files[i].path, errno_text(e, why, sizeof(why)));
+                 files[i].path, te_errno_text(e, why, sizeof(why)));
         add_tls_problem(errs, cfg, s, files[i].key, msg);
         problems++;
     }
