@@ -335,7 +335,9 @@ static void on_call_done(upcall_t *up, int err)
         buf_free(&up->body_out);
         fail_call(fo, fc, aggregate_kind_from_error(err), up->errmsg,
                   CAUSE_FIRST_ERROR);
-    } else if (up->status >= 400) {
+    } else if (up->status < 200 || up->status >= 300) {
+        /* A result needs a 2xx. tutti follows no redirect, so a 3xx
+         * body is not the service's result either. */
         buf_free(&up->body_out);
         snprintf(why, sizeof(why), "service %s answered %d",
                  fc->conf->service->name, up->status);

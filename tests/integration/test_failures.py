@@ -56,6 +56,23 @@ def test_service_timeout_504(gateway, faultd):
 
 
 @pytest.mark.parametrize("scheme", ["h1", "h2"])
+@pytest.mark.parametrize("status", [301, 302, 304, 399])
+def test_redirect_is_not_a_result(gateway, faultd, scheme, status):
+    """tutti follows no redirect: a 3xx from a required call, with a JSON
+    body or none, fails as kind status with 502, and the body never
+    reaches the client."""
+    url = faultd.h2_url if scheme == "h2" else faultd.h1_url
+    gw = fail_gateway(gateway, url, f"/moved?status={status}")
+
+    resp = gw.get("/x")
+
+    err = assert_error(resp, 502, "status")
+    assert err["status"] == status, err
+    assert f"answered {status}" in err["message"], err
+    assert "moved" not in resp.body.decode(), resp
+
+
+@pytest.mark.parametrize("scheme", ["h1", "h2"])
 def test_client_error_passes_through(gateway, faultd, scheme):
     """A 404 from a required call stays 404, with the JSON error body."""
     url = faultd.h2_url if scheme == "h2" else faultd.h1_url
