@@ -125,10 +125,11 @@ char *aggregate_simple_error(const char *kind, const char *message, size_t *len)
 }
 
 
-/* Nesting accepted in a downstream body: the limit of jansson 2.14
- * (JSON_PARSER_MAX_DEPTH), which the check used before it had its own. The
+/* Nesting accepted in a downstream body. The response nests each body one
+ * level deeper, under its call's name, so this keeps the response within
+ * the 2048 levels that jansson 2.14 parses (JSON_PARSER_MAX_DEPTH). The
  * check keeps one byte per level, so it never recurses. */
-#define JSON_MAX_DEPTH 2048
+#define JSON_MAX_DEPTH 2047
 
 /* The body check reads a body once, without allocating, and accepts
  * exactly one JSON text of RFC 8259 in UTF-8 (RFC 3629). The body is
@@ -368,7 +369,7 @@ static bool scan_text(json_scan_t *s)
         bool ok = true;
         if (c == '{' || c == '[') {
             if (depth == JSON_MAX_DEPTH) {
-                return scan_fail(s, "nesting deeper than 2048 levels");
+                return scan_fail(s, "nesting deeper than 2047 levels");
             }
             open[depth++] = c == '{' ? '}' : ']';
             s->p++;

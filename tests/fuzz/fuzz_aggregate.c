@@ -11,7 +11,9 @@
  * - aggregate_check_body accepts every body that jansson accepts, and
  *   accepts a body jansson rejects only for one of jansson's own limits
  *   (\u0000 in a key, a number beyond the range of a double), which are
- *   valid JSON under RFC 8259.
+ *   valid JSON under RFC 8259. It rejects a body nested exactly 2048
+ *   levels, which jansson accepts, so that the response stays within
+ *   jansson's limit.
  * - The answer built from the accepted bodies and the error objects of
  *   the others parses with jansson (unless it contains such a body) as an
  *   object with one member per accepted call, plus "errors" with one
@@ -52,8 +54,39 @@ static bool jansson_limit(const json_error_t *jerr)
 }
 
 
+/* Returns the deepest nesting of arrays and objects in |body|, a text
+ * that jansson accepted, so its strings are well formed. */
+static size_t nesting_depth(const char *body, size_t len)
+{
+    size_t depth = 0;
+    size_t deepest = 0;
+    bool in_string = false;
+    for (size_t i = 0; i < len; i++) {
+        char c = body[i];
+        if (in_string) {
+            if (c == '\\') {
+                i++;
+            } else if (c == '"') {
+                in_string = false;
+            }
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c == '[' || c == '{') {
+            if (++depth > deepest) {
+                deepest = depth;
+            }
+        } else if (c == ']' || c == '}') {
+            depth--;
+        }
+    }
+    return deepest;
+}
+
+
 /* Returns 1 when jansson accepts the body, 0 when it rejects it, and -1
- * when it rejects it only for a limit of its own. */
+ * when it rejects it only for a limit of its own. A body nested exactly
+ * 2048 levels, which jansson accepts, counts as -1 too: the check stops
+ * one level short, so that the response stays within jansson's limit. */
 static int jansson_verdict(const char *body, size_t len)
 {
     /* jansson 2.14 accepts a value followed by a NUL byte, such as "1\0",
@@ -65,7 +98,7 @@ static int jansson_verdict(const char *body, size_t len)
     json_t *v = json_loadb(body, len, CHECK_FLAGS, &jerr);
     if (v != NULL) {
         json_decref(v);
-        return 1;
+        return nesting_depth(body, len) == 2048 ? -1 : 1;
     }
     return jansson_limit(&jerr) ? -1 : 0;
 }

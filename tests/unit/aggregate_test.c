@@ -321,7 +321,7 @@ static void test_aggregate_check_reason_has_no_body_bytes(void **state)
     free(deep);
     assert_int_equal(rc, TE_BAD_RESPONSE);
     assert_string_equal(why, "response body is not valid JSON: nesting deeper "
-                             "than 2048 levels at byte 2048");
+                             "than 2047 levels at byte 2047");
 }
 
 
@@ -335,7 +335,26 @@ static void test_aggregate_check_nesting_matches_jansson(void **state)
         memset(text, '[', n);
         memset(text + n, ']', n);
         text[2 * n] = '\0';
-        assert_check_matches_jansson(text, 2 * n);
+        if (n == 2047) {
+            /* The deepest body accepted: the response nests it one level
+             * deeper and must still parse. */
+            buf_t out = {0};
+            assert_int_equal(aggregate_add_result(&out, "r", text, 2 * n), 0);
+            assert_int_equal(aggregate_finish(&out, NULL), 0);
+            assert_int_equal(jansson_verdict(out.data, out.len), 1);
+            buf_free(&out);
+        }
+        if (n == 2048) {
+            /* jansson parses 2048 levels; the check stops one short, so
+             * that the response, one level deeper, still parses. */
+            char why[256];
+            assert_int_equal(jansson_verdict(text, 2 * n), 1);
+            assert_int_equal(
+                aggregate_check_body(200, text, 2 * n, why, sizeof(why)),
+                TE_BAD_RESPONSE);
+        } else {
+            assert_check_matches_jansson(text, 2 * n);
+        }
         free(text);
     }
 }
