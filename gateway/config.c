@@ -458,6 +458,29 @@ static bool is_method(const char *s)
 }
 
 
+/* Reports a "method" of a route or call that tutti cannot serve or send.
+ * CONNECT asks for a tunnel to an authority, not for a resource at a path,
+ * so it has no place in a route or a call. */
+static bool check_method(parse_ctx_t *ctx, const char *path, const char *method)
+{
+    const char *mpath = path_key(ctx, path, "method");
+    if (!is_method(method)) {
+        report(ctx, mpath,
+               "invalid method %s: expected an HTTP token in upper case, "
+               "such as GET or POST",
+               esc(ctx, method, true));
+        return false;
+    }
+    if (strcmp(method, "CONNECT") == 0) {
+        report(ctx, mpath,
+               "method CONNECT opens a tunnel and cannot be used here; use "
+               "GET, POST or another method that asks for a resource");
+        return false;
+    }
+    return true;
+}
+
+
 /* Checks that every byte of |s| is a letter, a digit or one of |extra|. */
 static bool is_name(const char *s, const char *extra)
 {
@@ -945,8 +968,13 @@ static bool parse_url(parse_ctx_t *ctx, const char *path, const char *url,
 {
     const char *rest = parse_scheme(url, svc);
     if (rest == NULL) {
+        const char *sep = strstr(url, "://");
+        bool upper = false;
+        for (const char *p = url; sep != NULL && p < sep; p++) {
+            upper |= *p >= 'A' && *p <= 'Z';
+        }
         report_url(ctx, path, url, svc->srv ? URL_EXPECTED_SRV : URL_EXPECTED,
-                   NULL);
+                   upper ? "write the scheme in lower case" : NULL);
         return false;
     }
     const char *expected = URL_EXPECTED;
@@ -1722,10 +1750,13 @@ static void parse_call_name(parse_ctx_t *ctx, const char *path, json_t *v,
                esc(ctx, name, true));
         return;
     }
-    if (strcmp(name, "errors") == 0) {
+    /* A 200 response with a member "error" would look like tutti's own
+     * error response to a client that reads the body alone. */
+    if (strcmp(name, "errors") == 0 || strcmp(name, "error") == 0) {
         report(ctx, npath,
-               "\"errors\" is reserved for the error summary; choose another "
-               "call name");
+               "\"%s\" is reserved for tutti's error members; choose another "
+               "call name",
+               name);
         return;
     }
     for (call_t *prev = r->calls; prev < c; prev++) {
@@ -1749,11 +1780,7 @@ static void parse_call_method(parse_ctx_t *ctx, const char *path, json_t *v,
     if (method == NULL) {
         method = "GET";
     }
-    if (!is_method(method)) {
-        report(ctx, path_key(ctx, path, "method"),
-               "invalid method %s: expected an HTTP token in upper case, "
-               "such as GET or POST",
-               esc(ctx, method, true));
+    if (!check_method(ctx, path, method)) {
         return;
     }
     c->method = dup_string(ctx, method);
@@ -1849,12 +1876,7 @@ static void parse_route_method(parse_ctx_t *ctx, const char *path, json_t *v,
     if (method == NULL) {
         return;
     }
-    if (!is_method(method)) {
-        const char *mpath = path_key(ctx, path, "method");
-        report(ctx, mpath,
-               "invalid method %s: expected an HTTP token in upper case, "
-               "such as GET or POST",
-               esc(ctx, method, true));
+    if (!check_method(ctx, path, method)) {
         return;
     }
     r->method = dup_string(ctx, method);

@@ -583,8 +583,32 @@ static void test_config_reserved_call_name(void **state)
         "{" MINIMAL_SERVICES ", 'routes': [{'method': 'GET', 'path': '/x',"
         " 'calls': [{'name': 'errors', 'service': 'users', 'path': "
         "'/a'}]}]}",
-        "gw.json: routes[0].calls[0].name: \"errors\" is reserved for the "
-        "error summary; choose another call name");
+        "gw.json: routes[0].calls[0].name: \"errors\" is reserved for "
+        "tutti's error members; choose another call name");
+}
+
+
+static void test_config_reserved_error_name_and_connect(void **state)
+{
+    const char *const expected[] = {
+        "gw.json: services.users.url: invalid URL \"HTTP://u\": expected "
+        "SCHEME://HOST[:PORT] with SCHEME http, h2c, https or h2, or "
+        "srv+SCHEME://NAME; write the scheme in lower case",
+        "gw.json: routes[0].method: method CONNECT opens a tunnel and cannot "
+        "be used here; use GET, POST or another method that asks for a "
+        "resource",
+        "gw.json: routes[0].calls[0].name: \"error\" is reserved for tutti's "
+        "error members; choose another call name",
+        "gw.json: routes[0].calls[0].method: method CONNECT opens a tunnel "
+        "and cannot be used here; use GET, POST or another method that asks "
+        "for a resource",
+        NULL,
+    };
+    expect_problems(
+        "{'services': {'users': {'url': 'HTTP://u'}}, 'routes': ["
+        " {'method': 'CONNECT', 'path': '/x', 'calls': [{'name': 'error',"
+        "  'service': 'users', 'path': '/a', 'method': 'CONNECT'}]}]}",
+        expected);
 }
 
 
@@ -681,8 +705,8 @@ static void test_config_several_problems(void **state)
         "srv+SCHEME://NAME",
         "gw.json: routes[0].method: invalid method \"get\": expected an HTTP "
         "token in upper case, such as GET or POST",
-        "gw.json: routes[0].calls[0].name: \"errors\" is reserved for the "
-        "error summary; choose another call name",
+        "gw.json: routes[0].calls[0].name: \"errors\" is reserved for "
+        "tutti's error members; choose another call name",
         "gw.json: routes[0].calls[0].service: unknown service \"userz\"",
         "gw.json: routes[0].calls[1]: missing key \"path\"",
         "gw.json: routes[0].calls[1].timeout_ms: expected a positive "
@@ -1610,6 +1634,7 @@ int main(void)
         cmocka_unit_test(test_config_template_no_params),
         cmocka_unit_test(test_config_duplicate_route),
         cmocka_unit_test(test_config_reserved_call_name),
+        cmocka_unit_test(test_config_reserved_error_name_and_connect),
         cmocka_unit_test(test_config_invalid_json),
         cmocka_unit_test(test_config_duplicate_json_key),
         cmocka_unit_test(test_config_unreadable_file),
