@@ -205,17 +205,41 @@ int resolver_new(uv_loop_t *loop, const resolver_options_t *ropts,
 }
 
 
-/* Appends the addresses of |ai| to |res| with |port| and the SRV
- * |priority| and |weight|, and lowers res->ttl_s to their smallest TTL. */
+/* Returns the slot of |res| for an address of SRV |priority|: the next
+ * free one, or, once RESOLVER_MAX_ADDRS are kept, the one of the worst
+ * priority when it is worse than |priority|; else NULL. The targets of an
+ * SRV answer resolve in any order, so without the replacement the first
+ * addresses to arrive would fill the list and could crowd out the best
+ * targets. */
+static resolver_addr_t *addr_slot(resolver_result_t *res, uint16_t priority)
+{
+    if (res->naddrs < RESOLVER_MAX_ADDRS) {
+        return &res->addrs[res->naddrs++];
+    }
+    resolver_addr_t *worst = &res->addrs[0];
+    for (size_t i = 1; i < res->naddrs; i++) {
+        if (res->addrs[i].priority > worst->priority) {
+            worst = &res->addrs[i];
+        }
+    }
+    return worst->priority > priority ? worst : NULL;
+}
+
+
+/* Adds the addresses of |ai| to |res| with |port| and the SRV |priority|
+ * and |weight|, and lowers res->ttl_s to their smallest TTL. */
 static void add_addrinfo(resolver_result_t *res, const struct ares_addrinfo *ai,
                          unsigned port, uint16_t priority, uint16_t weight)
 {
     for (struct ares_addrinfo_node *n = ai != NULL ? ai->nodes : NULL;
-         n != NULL && res->naddrs < RESOLVER_MAX_ADDRS; n = n->ai_next) {
+         n != NULL; n = n->ai_next) {
         if (n->ai_family != AF_INET && n->ai_family != AF_INET6) {
             continue;
         }
-        resolver_addr_t *a = &res->addrs[res->naddrs++];
+        resolver_addr_t *a = addr_slot(res, priority);
+        if (a == NULL) {
+            break;
+        }
         memset(a, 0, sizeof(*a));
         memcpy(&a->addr, n->ai_addr, n->ai_addrlen);
         if (n->ai_family == AF_INET) {

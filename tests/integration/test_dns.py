@@ -108,6 +108,35 @@ def test_srv_weights_spread_calls(gateway, dns_server, start_faultd):
     assert heavy_count > light_count, (heavy_count, light_count)
 
 
+def test_srv_best_target_kept_past_address_cap(gateway, dns_server,
+                                                start_faultd):
+    """A lookup keeps at most 64 addresses. When the targets of a worse
+    priority have more addresses than that and resolve first, the best
+    target's address still replaces one of theirs, so every call goes to
+    it."""
+    best = start_faultd("best")
+    # dnsmasq answers its SRV records in the reverse order of its options,
+    # so the best target comes last and its lookup ends after the others.
+    records = [srv_record("_http._tcp.many.test", "best.test", best.port,
+                          priority=10),
+               host_record("best.test", "127.0.0.1")]
+    for b in range(3):
+        name = f"backup{b}.test"
+        records.append(srv_record("_http._tcp.many.test", name, best.port,
+                                  priority=20))
+        # 22 addresses per name (66 in all) fit in one UDP answer each.
+        records += [host_record(name, f"127.2.{b}.{i + 1}")
+                    for i in range(22)]
+    dns = dns_server(records)
+    gw = dns_gateway(gateway, dns, "srv+http://_http._tcp.many.test")
+
+    for _ in range(10):
+        resp = gw.get("/x")
+        assert resp.status == 200, resp
+
+    assert requests_seen(best) == 10, best.events()
+
+
 @pytest.mark.parametrize("scheme", ["srv+http", "srv+h2c"])
 def test_srv_fails_over_to_next_priority(gateway, dns_server, start_faultd,
                                          scheme):
