@@ -60,7 +60,15 @@ typedef struct client_watch_s {
     uint64_t timeout_ms;    /* client_timeout_ms */
     int fd;
     bool in_request;  /* a whole request arrived and is not completed */
-    int open_handles; /* poll and timer not yet closed */
+    bool peer_closed; /* the client closed before its request was whole */
+    /* What server_on_uri found in the current request's target. */
+    int query_bad_byte;  /* a byte of the query that is not visible
+                            ASCII, or -1 */
+    size_t query_bad_at; /* its offset in the target */
+    size_t query_args;   /* arguments in the query */
+    size_t query_args_allowed;
+    bool query_args_cut; /* more than the buffer holds: MHD saw none */
+    int open_handles;    /* poll and timer not yet closed */
 } client_watch_t;
 
 typedef enum {
@@ -317,6 +325,16 @@ static void on_client_hangup(uv_poll_t *p, int status, int events)
     cw->active = false;
     req_t *r = cw->running;
     if (r == NULL || r->state != REQ_RUNNING) {
+        /* A request that has not fully arrived can never be completed
+         * now. libmicrohttpd reads its edge-triggered socket once per
+         * event, so when the FIN came with the last bytes it would hold
+         * the connection, and a max_in_flight slot, until
+         * client_timeout_ms; the shutdown wakes it at once. A whole
+         * request goes on to its response. */
+        if (!cw->in_request) {
+            cw->peer_closed = true;
+            shutdown(cw->fd, SHUT_RDWR);
+        }
         return;
     }
     unwatch_client(r);
@@ -776,6 +794,96 @@ static bool reject_bad_url(req_t *r, const char *url)
 }
 
 
+/* Each query argument takes a record of about 56 bytes in
+ * libmicrohttpd's per-connection buffer (max_header_bytes), next to the
+ * request line and the header fields. When the records fill the buffer,
+ * libmicrohttpd 0.9.75 has no room left for its own error response and
+ * leaves the connection without one until client_timeout_ms. The records
+ * may therefore take half of what the target leaves of the buffer, at 64
+ * bytes each. */
+static size_t query_args_allowed(size_t max_header_bytes, size_t uri_len)
+{
+    return uri_len < max_header_bytes ? (max_header_bytes - uri_len) / 128 : 0;
+}
+
+
+static client_watch_t *connection_watch(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci != NULL ? ci->socket_context : NULL;
+}
+
+
+void *server_on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    worker_t *w = cls;
+    client_watch_t *cw = connection_watch(conn);
+    const char *query = strchr(uri, '?');
+    if (cw == NULL) {
+        return NULL;
+    }
+    cw->query_bad_byte = -1;
+    cw->query_args = 0;
+    cw->query_args_cut = false;
+    if (query == NULL) {
+        return NULL;
+    }
+    cw->query_args = 1;
+    for (const unsigned char *p = (const unsigned char *)query + 1; *p; p++) {
+        if (*p == '&') {
+            cw->query_args++;
+        } else if ((*p <= 0x20 || *p >= 0x7f) && cw->query_bad_byte < 0) {
+            /* libmicrohttpd turns "+" into a space before tutti sees the
+             * arguments, so a raw space is caught here. */
+            cw->query_bad_byte = *p;
+            cw->query_bad_at = (size_t)(p - (const unsigned char *)uri);
+        }
+    }
+    cw->query_args_allowed =
+        query_args_allowed((size_t)w->cfg->max_header_bytes, strlen(uri));
+    if (cw->query_args > cw->query_args_allowed) {
+        /* libmicrohttpd splits the query after this callback returns, in
+         * the same buffer: an empty query leaves it room to call
+         * server_on_request, which then responds 414. */
+        cw->query_args_cut = true;
+        ((char *)query)[1] = '\0';
+    }
+    return NULL;
+}
+
+
+/* Responds 400 to a raw byte in the query, and 414 to a query with more
+ * arguments than the connection's buffer holds (see server_on_uri). */
+static bool reject_raw_query(req_t *r)
+{
+    const client_watch_t *cw = connection_watch(r->conn);
+    char msg[240];
+    if (cw == NULL) {
+        return false;
+    }
+    if (cw->query_args_cut) {
+        snprintf(msg, sizeof(msg),
+                 "the query has %zu arguments, more than the %zu that "
+                 "max_header_bytes (%lld) leaves room for with this URL; "
+                 "send fewer arguments or raise max_header_bytes",
+                 cw->query_args, cw->query_args_allowed,
+                 (long long)r->wc->cfg->max_header_bytes);
+        answer_simple(r, 414, "uri_too_long", msg);
+        return true;
+    }
+    if (cw->query_bad_byte >= 0) {
+        snprintf(msg, sizeof(msg),
+                 "invalid query: byte 0x%02X at offset %zu is not visible "
+                 "ASCII; percent-encode it",
+                 (unsigned)cw->query_bad_byte, cw->query_bad_at);
+        answer_simple(r, 400, "bad_request", msg);
+        return true;
+    }
+    return false;
+}
+
+
 /* Finds the path of the request target |url|, which libmicrohttpd passes
  * without its query. The origin form "/items/1" is the path itself. The
  * absolute form "http://host/items/1", which RFC 9112, 3.2.2 obliges a
@@ -983,6 +1091,12 @@ enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
     req_t *r = *con_cls;
 
     if (r == NULL) {
+        /* The hang-up may be seen before libmicrohttpd reads the bytes
+         * that came with it; such a request is never served. */
+        const client_watch_t *cw = connection_watch(conn);
+        if (cw != NULL && cw->peer_closed) {
+            return MHD_NO;
+        }
         r = req_new(w, conn, url, method);
         if (r == NULL) {
             return MHD_NO;
@@ -992,8 +1106,8 @@ enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
          * connection, which a response to a bad URL alone does not. */
         const char *path = url;
         if (!reject_ambiguous_framing(r) && !reject_bad_fields(r, version) &&
-            admit_request(r) && !reject_bad_url(r, url) &&
-            !reject_bad_target(r, url, &path)) {
+            admit_request(r) && !reject_raw_query(r) &&
+            !reject_bad_url(r, url) && !reject_bad_target(r, url, &path)) {
             route_request(r, path);
         }
         if (r->state == REQ_ANSWERED) {
@@ -1006,6 +1120,11 @@ enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
     if (r->state == REQ_ANSWERED) {
         mark_request_received(conn);
         *upload_data_size = 0;
+        if (r->client_gone) {
+            /* The client closed its side: nothing is sent, and the access
+             * line records 499, as for any client abort. */
+            return MHD_NO;
+        }
         return r->queued ? MHD_YES : queue_answer(r);
     }
     if (*upload_data_size > 0) {

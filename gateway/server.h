@@ -25,6 +25,13 @@ void server_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
  * splits the path before decoding and "%2F" stays inside one segment. */
 size_t server_keep_escaped(void *cls, struct MHD_Connection *conn, char *s);
 
+/* MHD_OPTION_URI_LOG_CALLBACK; |cls| is the worker. Reads each request
+ * target as sent, before libmicrohttpd splits its query, and notes on the
+ * connection what server_on_request must refuse: a query byte that is not
+ * visible ASCII, or more query arguments than the connection's buffer
+ * holds. Returns NULL, the request's first context. */
+void *server_on_uri(void *cls, const char *uri, struct MHD_Connection *conn);
+
 /* Shutdown grace over: responds 503 to every request still running. */
 void server_abort_all(worker_t *w);
 

@@ -597,8 +597,9 @@ static int setup(worker_t *w)
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_NO_LISTEN_SOCKET, 0,
         NULL, NULL, server_on_request, w, MHD_OPTION_NOTIFY_COMPLETED,
         server_on_completed, w, MHD_OPTION_NOTIFY_CONNECTION,
-        server_on_connection, w, MHD_OPTION_UNESCAPE_CALLBACK,
-        server_keep_escaped, NULL, MHD_OPTION_CONNECTION_TIMEOUT, timeout_s,
+        server_on_connection, w, MHD_OPTION_URI_LOG_CALLBACK, server_on_uri, w,
+        MHD_OPTION_UNESCAPE_CALLBACK, server_keep_escaped, NULL,
+        MHD_OPTION_CONNECTION_TIMEOUT, timeout_s,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)cfg->max_header_bytes,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)cfg->max_connections_inbound,
         MHD_OPTION_END);

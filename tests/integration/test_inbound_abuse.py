@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import call, route, run_tutti, service
+from conftest import call, open_fds, route, run_tutti, service
 
 # Loose bounds: sanitizer builds on 2 shared cores are slow.
 FAST_S = 2.0
@@ -30,6 +30,8 @@ def abuse_gateway(gateway, faultd, **top):
                                    method="POST", forward_body=True)],
               method="PUT"),
         route("/search", [call("found", "svc", "/s?q={query.q}")]),
+        route("/slow", [call("slow", "svc", "/s?delay_ms=1000")],
+              deadline_ms=3000),
     ], **top)
 
 
@@ -770,8 +772,10 @@ BAD_QUERIES = {
                      'write a literal "%" as %25'),
     "bad-name": (b"/search?q%zz=1", 'invalid query parameter "q%zz"',
                  "malformed percent-encoding"),
-    "raw-byte": (b"/search?q=caf\xc3\xa9", 'invalid query parameter "q"',
-                 "not visible ASCII; percent-encode it"),
+    "raw-byte": (b"/search?q=caf\xc3\xa9", "invalid query: byte 0xC3 at "
+                 "offset 13", "not visible ASCII; percent-encode it"),
+    "raw-space": (b"/search?q=a b", "invalid query: byte 0x20 at offset 11",
+                  "percent-encode it"),
     "unused": (b"/items/1?utm=%G0", 'invalid query parameter "utm"',
                "malformed percent-encoding"),
 }
@@ -790,6 +794,49 @@ def test_bad_query_400(gateway, faultd, name):
 
     assert argument in err["message"] and problem in err["message"], err
     assert faultd.select(event="request") == []
+    assert_alive(gw)
+
+
+@pytest.mark.parametrize("count,status", [(100, 200), (300, 414),
+                                          (1000, 414)])
+def test_query_argument_count(gateway, faultd, count, status):
+    """A query may have one argument per 128 bytes that the URL leaves of
+    max_header_bytes (about 120 by default); more get a JSON 414 that
+    names the setting, at once. libmicrohttpd alone would leave such a
+    request without any response until client_timeout_ms."""
+    gw = abuse_gateway(gateway, faultd)
+    query = "&".join(f"x{i}=1" for i in range(count)).encode()
+
+    started = time.monotonic()
+    reply, _ = exchange(gw.port, get_head(b"/search?" + query) +
+                        b"Connection: close\r\n\r\n")
+
+    assert time.monotonic() - started < FAST_S
+    assert status_of(reply) == status, reply[:300]
+    if status == 414:
+        err = json.loads(body_of(reply))["error"]
+        assert err["kind"] == "uri_too_long", err
+        assert f"the query has {count} arguments, more than the " in \
+            err["message"], err
+        assert "max_header_bytes" in err["message"], err
+    assert_alive(gw)
+
+
+def test_query_arguments_in_small_buffer(gateway, faultd):
+    """With a small max_header_bytes, the most arguments allowed, each as
+    long as the URL limit lets it be, still get a response at once."""
+    gw = abuse_gateway(gateway, faultd, max_header_bytes=4096,
+                       max_url_bytes=3000)
+    value = b"v" * 80
+    query = b"&".join(b"x%d=%s" % (i, value) for i in range(32))
+
+    started = time.monotonic()
+    reply, _ = exchange(gw.port, get_head(b"/search?" + query) +
+                        b"X-Pad: " + b"p" * 600 +
+                        b"\r\nConnection: close\r\n\r\n")
+
+    assert time.monotonic() - started < FAST_S
+    assert status_of(reply) in (200, 414, 431), reply[:300]
     assert_alive(gw)
 
 
@@ -888,3 +935,60 @@ def test_absolute_form_without_path(gateway, faultd):
     assert status_of(reply) == 404, reply
     assert json.loads(body_of(reply))["error"]["message"] == \
         "no route for path /"
+
+
+# ------------------------------------------------------ closing clients
+
+
+def test_partial_request_then_close_frees_slot(gateway, faultd):
+    """Clients that send part of a request and close at once, the FIN in
+    the same segment as the bytes, give their max_in_flight slots and
+    descriptors back at once, not after client_timeout_ms."""
+    gw = abuse_gateway(gateway, faultd, max_in_flight=5,
+                       client_timeout_ms=20000)
+    assert_alive(gw)  # opens the pooled downstream connection
+    fds_before = len(open_fds(gw.proc.pid))
+    head = (b"PUT /items/1 HTTP/1.1\r\nHost: t\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 10\r\n\r\n[1")
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", gw.port)) as s:
+            s.sendall(head)
+
+    # Before client_timeout_ms (20 s) by far, the slots are free again.
+    deadline = time.monotonic() + 3.0
+    resp = gw.get("/items/after", timeout=5.0)
+    while resp.status != 200 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        resp = gw.get("/items/after", timeout=5.0)
+    assert resp.status == 200, resp
+    while (len(open_fds(gw.proc.pid)) > fds_before and
+           time.monotonic() < deadline):
+        time.sleep(0.05)
+    assert len(open_fds(gw.proc.pid)) <= fds_before
+    assert store_requests(faultd) == []
+
+
+def test_half_closed_client_gets_no_response(gateway, faultd):
+    """A client that sends its request and then closes its side is taken
+    as gone, as nginx does: its calls are cancelled, nothing is sent to
+    it, and the access line records 499."""
+    gw = abuse_gateway(gateway, faultd)
+
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+        time.sleep(0.2)
+        s.shutdown(socket.SHUT_WR)
+        started = time.monotonic()
+        reply, closed = read_all(s)
+
+    assert reply == b"", reply
+    assert closed
+    assert time.monotonic() - started < FAST_S
+    deadline = time.monotonic() + 3.0
+    lines = []
+    while not lines and time.monotonic() < deadline:
+        lines = [line for line in gw.logs()
+                 if line.get("msg") == "access" and line.get("path") == "/slow"]
+        time.sleep(0.05)
+    assert [line["status"] for line in lines] == [499], lines
+    assert_alive(gw)
