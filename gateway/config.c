@@ -471,6 +471,11 @@ static bool check_method(parse_ctx_t *ctx, const char *path, const char *method)
                esc(ctx, method, true));
         return false;
     }
+    if (strlen(method) > CONFIG_METHOD_MAX) {
+        report(ctx, mpath, "method %s is longer than %d characters",
+               esc(ctx, method, true), CONFIG_METHOD_MAX);
+        return false;
+    }
     if (strcmp(method, "CONNECT") == 0) {
         report(ctx, mpath,
                "method CONNECT opens a tunnel and cannot be used here; use "

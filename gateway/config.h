@@ -12,6 +12,9 @@
 #include "headers.h"
 #include "template.h"
 
+/* Longest method of a route or call, in characters. */
+#define CONFIG_METHOD_MAX 15
+
 typedef enum {
     SCHEME_HTTP,  /* http://: HTTP/1.1 over TCP */
     SCHEME_H2C,   /* h2c://: HTTP/2 over TCP with prior knowledge */

@@ -1,6 +1,7 @@
 /* Inbound requests on libmicrohttpd, inside the worker's loop. */
 #include "server.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdatomic.h>
@@ -94,7 +95,8 @@ struct req_s {
     req_state_t state;
     uint64_t start_ns;
     char request_id[REQUEST_ID_MAX + 1];
-    char method[16];
+    char method[CONFIG_METHOD_MAX + 1];
+    enum { BAD_METHOD_NONE = 0, BAD_METHOD_SYNTAX, BAD_METHOD_LONG } bad_method;
     char *path;
     router_match_t match;
     const route_t *route;
@@ -123,6 +125,7 @@ struct req_s {
     const char *unsafe_field; /* a field whose value has a control byte */
     const char *bad_name;     /* a field name that is not a token */
     size_t nhost;             /* Host fields */
+    const char *host;         /* the value of the last one */
     char *authority;          /* of an absolute-form target, else NULL */
     bool inbound_nomem;
 };
@@ -533,6 +536,7 @@ typedef struct framing_s {
     const char *length; /* first Content-Length value */
     bool conflicting;   /* another Content-Length with a different value */
     bool chunked;       /* a Transfer-Encoding field is present */
+    int codings;        /* Transfer-Encoding fields */
     const char *coding; /* a Transfer-Encoding value other than chunked */
 } framing_t;
 
@@ -564,6 +568,7 @@ static enum MHD_Result on_framing_header(void *cls, enum MHD_ValueKind kind,
         }
     } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
         f->chunked = true;
+        f->codings++;
         if (strcasecmp(value, "chunked") != 0 && f->coding == NULL) {
             f->coding = value;
         }
@@ -577,10 +582,23 @@ static enum MHD_Result on_framing_header(void *cls, enum MHD_ValueKind kind,
  * 9112, 6.3 makes both an error, because a proxy and a server could split
  * such a stream into requests differently (request smuggling).
  * libmicrohttpd 0.9.75 accepts both, so the check is made here. */
-static bool reject_ambiguous_framing(req_t *r)
+static bool reject_ambiguous_framing(req_t *r, const char *version)
 {
     framing_t f = {0};
     MHD_get_connection_values(r->conn, MHD_HEADER_KIND, on_framing_header, &f);
+    if (f.codings > 1 ||
+        (f.chunked && strcmp(version, MHD_HTTP_VERSION_1_0) == 0)) {
+        /* Two Transfer-Encoding fields mean "chunked, chunked", which
+         * libmicrohttpd would read as one chunked body. RFC 9112, 6.1:
+         * Transfer-Encoding in HTTP/1.0 is faulty framing. */
+        r->close_after = true;
+        answer_simple(r, 400, "bad_request",
+                      f.codings > 1 ? "Transfer-Encoding is given more than "
+                                      "once; send it once, as chunked"
+                                    : "Transfer-Encoding is not allowed in "
+                                      "HTTP/1.0; send Content-Length");
+        return true;
+    }
     if (f.coding != NULL) {
         /* RFC 9112, 6.1: a body in a coding other than chunked has no
          * length here. libmicrohttpd 0.9.75 waits for such a body until
@@ -884,6 +902,57 @@ static bool reject_raw_query(req_t *r)
 }
 
 
+/* True when |v|, of length |n|, is a valid Host value or authority:
+ * uri-host [":" port] (RFC 9110, 7.2). The host is a reg-name or an IPv4
+ * address, with unreserved, percent-encoded and sub-delim characters, or
+ * an IP literal in brackets; the port is a number up to 65535. */
+static bool host_valid(const char *v, size_t n)
+{
+    static const char name_punct[] = "-._~%!$&'()*+,;=";
+    size_t i = 0;
+    if (n > 0 && v[0] == '[') {
+        while (i < n && v[i] != ']') {
+            i++;
+        }
+        if (i == n || i < 3) {
+            return false;
+        }
+        for (size_t k = 1; k < i; k++) {
+            unsigned char c = (unsigned char)v[k];
+            if (!isalnum(c) && strchr(":.", c) == NULL &&
+                strchr(name_punct, c) == NULL) {
+                return false;
+            }
+        }
+        i++;
+    } else {
+        for (; i < n && v[i] != ':'; i++) {
+            unsigned char c = (unsigned char)v[i];
+            if (!isalnum(c) && strchr(name_punct, c) == NULL) {
+                return false;
+            }
+        }
+        if (i == 0) {
+            return false;
+        }
+    }
+    if (i == n) {
+        return true;
+    }
+    if (v[i] != ':' || n - i - 1 > 5) {
+        return false;
+    }
+    unsigned long port = 0;
+    for (size_t k = i + 1; k < n; k++) {
+        if (v[k] < '0' || v[k] > '9') {
+            return false;
+        }
+        port = port * 10 + (unsigned long)(v[k] - '0');
+    }
+    return port <= 65535;
+}
+
+
 /* Finds the path of the request target |url|, which libmicrohttpd passes
  * without its query. The origin form "/items/1" is the path itself. The
  * absolute form "http://host/items/1", which RFC 9112, 3.2.2 obliges a
@@ -903,8 +972,9 @@ static bool reject_bad_target(req_t *r, const char *url, const char **path)
     }
     const char *host = url + scheme;
     size_t n = strcspn(host, "/");
-    /* RFC 9110, 4.2.4: user information in an http URI is an error. */
-    if (scheme > 0 && n > 0 && memchr(host, '@', n) == NULL) {
+    /* RFC 9110, 4.2.4: user information in an http URI is an error, and
+     * host_valid allows no "@". */
+    if (scheme > 0 && host_valid(host, n)) {
         r->authority = strndup(host, n);
         if (r->authority == NULL) {
             answer_simple(r, 500, "internal", "out of memory");
@@ -964,6 +1034,7 @@ static enum MHD_Result on_inbound_field(void *cls, enum MHD_ValueKind kind,
     }
     if (strcasecmp(key, MHD_HTTP_HEADER_HOST) == 0) {
         r->nhost++;
+        r->host = value;
     }
     /* X-Request-Id is never copied as sent: an invalid one is replaced
      * by a generated id. */
@@ -1021,6 +1092,11 @@ static bool reject_bad_fields(req_t *r, const char *version)
         snprintf(msg, sizeof(msg),
                  "the request has %zu Host header fields; send exactly one",
                  r->nhost);
+    } else if (r->nhost == 1 && !host_valid(r->host, strlen(r->host))) {
+        snprintf(msg, sizeof(msg),
+                 "invalid Host header \"%.100s\": expected HOST[:PORT], such "
+                 "as api.example.com or 10.0.0.1:8080",
+                 printable(r->host));
     } else if (r->nhost == 0 && strcmp(version, MHD_HTTP_VERSION_1_0) != 0) {
         snprintf(msg, sizeof(msg),
                  "the request has no Host header field, which %.20s requires; "
@@ -1031,6 +1107,57 @@ static bool reject_bad_fields(req_t *r, const char *version)
     }
     r->close_after = true;
     answer_simple(r, 400, "bad_request", msg);
+    return true;
+}
+
+
+/* Returns a copy of the request target |url| for logs and /debug/inflight,
+ * with each byte that is not visible ASCII percent-encoded, so that a log
+ * line stays valid UTF-8 (such a target is refused with 400 anyway). */
+static char *log_safe_copy(const char *url)
+{
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)url; *p; p++) {
+        n += *p > 0x20 && *p < 0x7f ? 1 : 3;
+    }
+    char *out = malloc(n + 1);
+    if (out == NULL) {
+        return NULL;
+    }
+    char *o = out;
+    for (const unsigned char *p = (const unsigned char *)url; *p; p++) {
+        if (*p > 0x20 && *p < 0x7f) {
+            *o++ = (char)*p;
+        } else {
+            o += sprintf(o, "%%%02X", *p);
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+
+/* Responds 400 to a method that is not an RFC 9110 token, and 501 to one
+ * longer than any route may have. */
+static bool reject_bad_method(req_t *r, const char *method)
+{
+    char msg[200];
+    if (r->bad_method == BAD_METHOD_NONE) {
+        return false;
+    }
+    if (r->bad_method == BAD_METHOD_LONG) {
+        snprintf(msg, sizeof(msg),
+                 "method %.20s... is not implemented: a method has at most "
+                 "%d characters",
+                 method, CONFIG_METHOD_MAX);
+        answer_simple(r, 501, "not_implemented", msg);
+    } else {
+        snprintf(msg, sizeof(msg),
+                 "invalid method \"%.40s\": a method may contain only "
+                 "letters, digits and !#$%%&'*+-.^_`|~",
+                 printable(method));
+        answer_simple(r, 400, "bad_request", msg);
+    }
     return true;
 }
 
@@ -1046,10 +1173,16 @@ static req_t *req_new(worker_t *w, struct MHD_Connection *conn, const char *url,
     r->wc = worker_config_hold(w);
     r->conn = conn;
     r->start_ns = uv_hrtime();
-    r->path = strdup(url);
-    size_t method_len = strnlen(method, sizeof(r->method) - 1);
-    memcpy(r->method, method, method_len);
-    r->method[method_len] = '\0';
+    r->path = log_safe_copy(url);
+    /* A method that is not a token or does not fit is refused
+     * (reject_bad_method); "-" stands for it in logs and metrics. */
+    size_t method_len = strlen(method);
+    if (is_token(method) && method_len < sizeof(r->method)) {
+        memcpy(r->method, method, method_len + 1);
+    } else {
+        r->bad_method = is_token(method) ? BAD_METHOD_LONG : BAD_METHOD_SYNTAX;
+        strcpy(r->method, "-");
+    }
     set_request_id(r);
     MHD_get_connection_values_n(conn, MHD_HEADER_KIND, on_inbound_field, r);
     trace_begin(&r->trace,
@@ -1105,9 +1238,11 @@ enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
         /* The framing and field checks come first: they close the
          * connection, which a response to a bad URL alone does not. */
         const char *path = url;
-        if (!reject_ambiguous_framing(r) && !reject_bad_fields(r, version) &&
-            admit_request(r) && !reject_raw_query(r) &&
-            !reject_bad_url(r, url) && !reject_bad_target(r, url, &path)) {
+        if (!reject_bad_method(r, method) &&
+            !reject_ambiguous_framing(r, version) &&
+            !reject_bad_fields(r, version) && admit_request(r) &&
+            !reject_raw_query(r) && !reject_bad_url(r, url) &&
+            !reject_bad_target(r, url, &path)) {
             route_request(r, path);
         }
         if (r->state == REQ_ANSWERED) {

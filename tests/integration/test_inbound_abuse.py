@@ -877,6 +877,23 @@ BAD_HEADS = {
                      'invalid request target "http:///items/1"'),
     "other-scheme": (b"GET ftp://t/items/1 HTTP/1.1\r\nHost: t\r\n",
                      'invalid request target "ftp://t/items/1"'),
+    "fragment-in-host": (b"GET http://t#/items/1 HTTP/1.1\r\nHost: t\r\n",
+                         'invalid request target "http://t#/items/1"'),
+    "host-syntax": (b"GET /items/1 HTTP/1.1\r\nHost: a b@c/d\r\n",
+                    'invalid Host header "a b@c/d": expected HOST[:PORT]'),
+    "host-empty": (b"GET /items/1 HTTP/1.1\r\nHost:\r\n",
+                   'invalid Host header ""'),
+    "host-port": (b"GET /items/1 HTTP/1.1\r\nHost: t:65536\r\n",
+                  'invalid Host header "t:65536"'),
+    "method-syntax": (b"G\xffT /items/1 HTTP/1.1\r\nHost: t\r\n",
+                      'invalid method "(not printable)"'),
+    "te-twice": (b"PUT /items/1 HTTP/1.1\r\nHost: t\r\n"
+                 b"Transfer-Encoding: chunked\r\n"
+                 b"Transfer-Encoding: chunked\r\n",
+                 "Transfer-Encoding is given more than once"),
+    "te-http10": (b"PUT /items/1 HTTP/1.0\r\n"
+                  b"Transfer-Encoding: chunked\r\n",
+                  "Transfer-Encoding is not allowed in HTTP/1.0"),
 }
 
 
@@ -894,6 +911,41 @@ def test_bad_request_head_400(gateway, faultd, name):
     assert message in err["message"], err
     assert faultd.select(event="request") == []
     assert_alive(gw)
+
+
+def test_long_method_501(gateway, faultd):
+    """A method longer than any route may have gets 501 with a JSON body,
+    never a match on its first 15 characters, and the access line records
+    it as "-"."""
+    gw = abuse_gateway(gateway, faultd)
+
+    reply, _ = exchange(gw.port, b"GETXXXXXXXXXXXXXXXXXXX /items/1 HTTP/1.1\r\n"
+                        b"Host: t\r\nConnection: close\r\n\r\n")
+
+    assert status_of(reply) == 501, reply
+    err = json.loads(body_of(reply))["error"]
+    assert err["kind"] == "not_implemented", err
+    assert "at most 15 characters" in err["message"], err
+    assert faultd.select(event="request") == []
+    deadline = time.monotonic() + 3.0
+    lines = []
+    while not lines and time.monotonic() < deadline:
+        lines = [line for line in gw.logs()
+                 if line.get("msg") == "access" and line.get("status") == 501]
+        time.sleep(0.05)
+    assert [line["method"] for line in lines] == ["-"], lines
+
+
+@pytest.mark.parametrize("host", [b"api.example.com", b"10.0.0.1:8080",
+                                  b"[::1]:443", b"t:"])
+def test_valid_hosts_served(gateway, faultd, host):
+    """Host values of each valid form are accepted."""
+    gw = abuse_gateway(gateway, faultd)
+
+    reply, _ = exchange(gw.port, b"GET /items/h HTTP/1.1\r\nHost: " + host +
+                        b"\r\nConnection: close\r\n\r\n")
+
+    assert status_of(reply) == 200, reply
 
 
 def test_http10_without_host_served(gateway, faultd):

@@ -602,12 +602,16 @@ static void test_config_reserved_error_name_and_connect(void **state)
         "gw.json: routes[0].calls[0].method: method CONNECT opens a tunnel "
         "and cannot be used here; use GET, POST or another method that asks "
         "for a resource",
+        "gw.json: routes[1].method: method \"ABCDEFGHIJKLMNOPQ\" is longer "
+        "than 15 characters",
         NULL,
     };
     expect_problems(
         "{'services': {'users': {'url': 'HTTP://u'}}, 'routes': ["
         " {'method': 'CONNECT', 'path': '/x', 'calls': [{'name': 'error',"
-        "  'service': 'users', 'path': '/a', 'method': 'CONNECT'}]}]}",
+        "  'service': 'users', 'path': '/a', 'method': 'CONNECT'}]},"
+        " {'method': 'ABCDEFGHIJKLMNOPQ', 'path': '/y', 'calls': [{'name': "
+        "'b', 'service': 'users', 'path': '/a'}]}]}",
         expected);
 }
 
