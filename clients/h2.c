@@ -53,11 +53,26 @@
  * the last_stream_id of a GOAWAY with an error code is retried once. */
 #define H2_MAX_REFUSED_RETRIES 2
 #define H2_MAX_GOAWAY_ERROR_RETRIES 1
-/* A graceful GOAWAY (NO_ERROR) is a normal event such as a rollout, and
- * a stream it did not process is re-sent for as long as the call's
- * deadline allows. Only a call without a deadline is bounded, so that a
- * server that refuses every stream that way cannot loop it forever. */
+/* A graceful GOAWAY (NO_ERROR) is a normal event such as a rollout, or a
+ * server that ends each connection after some number of requests. A
+ * stream it did not process is re-sent for as long as the call's deadline
+ * allows, and at most H2_MAX_GOAWAY_RETRIES_NO_DEADLINE times for a call
+ * without a deadline. Such a GOAWAY covers at least the first stream of
+ * its connection, which is not re-sent because of it, so the connections
+ * these retries cost grow with the number of calls, not with time. */
 #define H2_MAX_GOAWAY_RETRIES_NO_DEADLINE 8
+/* A graceful GOAWAY with last_stream_id 0, or one that arrives before the
+ * connection carried any stream, means that the server processed nothing
+ * on that connection. A server that does this to every connection would
+ * have the pool reconnect as fast as the loop runs until the deadline.
+ * Such a refusal is therefore retried twice per call whatever the
+ * deadline, and the call then fails with TE_RESET.
+ * The retry is not delayed. A delay would not lower the number of
+ * connections a call costs, only hold the call longer, and the calls
+ * that wait at the same time share the next connection (pool_grow). The
+ * dispatcher's passive health check then moves later calls to other
+ * endpoints, if the service has any, after eject_after resets. */
+#define H2_MAX_GOAWAY_UNPROCESSED_RETRIES 2
 
 #define H2_DEFAULT_MAX_CONNECTIONS 128
 #define H2_DEFAULT_IDLE_TIMEOUT_MS 30000
@@ -91,8 +106,10 @@ struct h2_stream_s {
     int32_t id;
     int err; /* result for on_done while finished */
     int refused_retries;
-    int goaway_retries;       /* after GOAWAY with NO_ERROR */
-    int goaway_error_retries; /* after GOAWAY with an error code */
+    int goaway_retries;             /* after GOAWAY with NO_ERROR */
+    int goaway_unprocessed_retries; /* the part of goaway_retries after a
+                                     * GOAWAY that processed no stream */
+    int goaway_error_retries;       /* after GOAWAY with an error code */
     /* Request body, copied from the call so that the data source callback
      * never follows a call pointer after cancel. */
     const char *body;
@@ -125,6 +142,7 @@ struct h2_conn_s {
     int write_busy;
     int connected;         /* transport connected, session created */
     int settings_received; /* the peer's first SETTINGS arrived */
+    int carried_stream;    /* a stream was submitted on it */
     int closing;           /* the handles are being closed */
     int draining;          /* takes no new streams, closes when idle */
     int goaway_received;
@@ -435,12 +453,82 @@ typedef enum {
 } stream_end_t;
 
 
+/* Returns whether the GOAWAY received on |conn| means that the server
+ * processed none of its streams: its last_stream_id is 0, which covers no
+ * client stream because their ids start at 1, or the connection carried
+ * no stream. */
+static int conn_goaway_processed_none(const h2_conn_t *conn)
+{
+    return conn->goaway_last_id == 0 || !conn->carried_stream;
+}
+
+
+/* Counts one more attempt for the call of |st|, whose stream ended for
+ * |why| on |conn| or, for a waiting call, whose connection stopped taking
+ * streams. END_GOAWAY reads the GOAWAY fields of |conn|. Returns 1 if the
+ * call's retry budget allows the attempt, else 0 without counting it. */
+static int stream_count_retry(h2_stream_t *st, stream_end_t why,
+                              const h2_conn_t *conn)
+{
+    switch (why) {
+    case END_REFUSED:
+    case END_NOT_SENT:
+        if (st->refused_retries >= H2_MAX_REFUSED_RETRIES) {
+            return 0;
+        }
+        st->refused_retries++;
+        return 1;
+    case END_GOAWAY:
+        break;
+    case END_CONN_LOST:
+        return 0;
+    }
+    if (conn->goaway_error != NGHTTP2_NO_ERROR) {
+        if (st->goaway_error_retries >= H2_MAX_GOAWAY_ERROR_RETRIES) {
+            return 0;
+        }
+        st->goaway_error_retries++;
+        return 1;
+    }
+    int unprocessed = conn_goaway_processed_none(conn);
+    if (unprocessed &&
+        st->goaway_unprocessed_retries >= H2_MAX_GOAWAY_UNPROCESSED_RETRIES) {
+        return 0;
+    }
+    if (st->call->deadline_ns == 0 &&
+        st->goaway_retries >= H2_MAX_GOAWAY_RETRIES_NO_DEADLINE) {
+        return 0;
+    }
+    st->goaway_retries++;
+    if (unprocessed) {
+        st->goaway_unprocessed_retries++;
+    }
+    return 1;
+}
+
+
+/* Fails the call of |st| after the GOAWAY received on |conn| turned its
+ * stream away and no other attempt is allowed. */
+static void stream_fail_goaway(h2_stream_t *st, const h2_conn_t *conn)
+{
+    const char *code = nghttp2_http2_strerror(conn->goaway_error);
+    if (conn->goaway_error != NGHTTP2_NO_ERROR) {
+        stream_finish(st, TE_RESET, "connection closed by GOAWAY: %s", code);
+        return;
+    }
+    /* This refusal is not counted in goaway_retries. */
+    int refusals = st->goaway_retries + 1;
+    stream_finish(st, TE_RESET, "stream refused by GOAWAY (%s) %d time%s", code,
+                  refusals, refusals == 1 ? "" : "s");
+}
+
+
 /* Puts an open stream that the server did not process back into the
  * waiting queue, if its call allows another attempt. Returns 1 if it did.
  * Only streams without any response byte qualify, so a retry never
  * repeats a request the server has responded to. */
 static int stream_retry(h2_stream_t *st, stream_end_t why,
-                        uint32_t goaway_error)
+                        const h2_conn_t *conn)
 {
     upcall_t *call = st->call;
     h2_pool_t *pool = st->pool;
@@ -448,37 +536,13 @@ static int stream_retry(h2_stream_t *st, stream_end_t why,
     if (pool->closing || st->state != STREAM_OPEN || st->response_started) {
         return 0;
     }
-    switch (why) {
-    case END_REFUSED:
-    case END_NOT_SENT:
-        if (st->refused_retries >= H2_MAX_REFUSED_RETRIES) {
-            return 0;
-        }
-        break;
-    case END_GOAWAY:
-        if (goaway_error != NGHTTP2_NO_ERROR &&
-            st->goaway_error_retries >= H2_MAX_GOAWAY_ERROR_RETRIES) {
-            return 0;
-        }
-        if (goaway_error == NGHTTP2_NO_ERROR && call->deadline_ns == 0 &&
-            st->goaway_retries >= H2_MAX_GOAWAY_RETRIES_NO_DEADLINE) {
-            return 0;
-        }
-        break;
-    case END_CONN_LOST:
-        return 0;
-    }
     if (call->deadline_ns != 0 && uv_hrtime() >= call->deadline_ns) {
         return 0;
     }
-
-    if (why == END_GOAWAY && goaway_error != NGHTTP2_NO_ERROR) {
-        st->goaway_error_retries++;
-    } else if (why == END_GOAWAY) {
-        st->goaway_retries++;
-    } else {
-        st->refused_retries++;
+    if (!stream_count_retry(st, why, conn)) {
+        return 0;
     }
+
     st->conn = NULL;
     st->id = 0;
     st->headers_sent = 0;
@@ -491,6 +555,24 @@ static int stream_retry(h2_stream_t *st, stream_end_t why,
     waiting_insert(pool, st);
     pool_schedule(pool);
     return 1;
+}
+
+
+/* Charges every waiting call one GOAWAY refusal when |conn| received a
+ * GOAWAY before it carried any stream. The calls were waiting for that
+ * connection, and without the charge a server that sends GOAWAY at the
+ * start of every connection would have the pool reconnect without end.
+ * A call whose budget is spent fails. */
+static void pool_charge_waiting(h2_pool_t *pool, const h2_conn_t *conn)
+{
+    h2_stream_t *st = pool->waiting.head;
+    while (st != NULL) {
+        h2_stream_t *next = st->next;
+        if (!stream_count_retry(st, END_GOAWAY, conn)) {
+            stream_fail_goaway(st, conn);
+        }
+        st = next;
+    }
 }
 
 
@@ -530,24 +612,25 @@ static void conn_end_streams(h2_conn_t *conn)
             stream_release(st);
             continue;
         }
+        int above_goaway =
+            conn->goaway_received && st->id > conn->goaway_last_id;
         int retried;
         /* separate reasons to retry, kept apart to read. */
         /* NOLINTNEXTLINE(bugprone-branch-clone) */
-        if (conn->goaway_received && st->id > conn->goaway_last_id) {
-            retried = stream_retry(st, END_GOAWAY, conn->goaway_error);
+        if (above_goaway) {
+            retried = stream_retry(st, END_GOAWAY, conn);
         } else if (!st->headers_sent) {
-            retried = stream_retry(st, END_NOT_SENT, 0);
+            retried = stream_retry(st, END_NOT_SENT, conn);
         } else if (goaway_error && method_is_idempotent(st->call->method)) {
-            retried = stream_retry(st, END_GOAWAY, conn->goaway_error);
+            retried = stream_retry(st, END_GOAWAY, conn);
         } else {
             retried = 0;
         }
         if (retried) {
             continue;
         }
-        if (goaway_error) {
-            stream_finish(st, TE_RESET, "connection closed by GOAWAY: %s",
-                          nghttp2_http2_strerror(conn->goaway_error));
+        if (above_goaway || goaway_error) {
+            stream_fail_goaway(st, conn);
         } else {
             stream_finish(st, conn->err, "%s", conn->errmsg);
         }
@@ -827,8 +910,43 @@ static int on_begin_headers(nghttp2_session *session,
 }
 
 
+/* Fails the call of |st| at once when the content-length of its final
+ * response is above max_body, as HTTP/1.1 does, instead of waiting for
+ * DATA that may come slowly or never. nghttp2 has already rejected an
+ * invalid or repeated content-length (HTTP messaging checks, on by
+ * default in nghttp2 1.52), so |value| is a decimal number below 2^63.
+ * A response to HEAD, and a 204 or 304 response, has no body whatever its
+ * content-length. An informational (1xx) block leaves call->status at 0.
+ * Returns 0 or NGHTTP2_ERR_CALLBACK_FAILURE. */
+static int stream_check_content_length(nghttp2_session *session,
+                                       h2_stream_t *st, const uint8_t *value,
+                                       size_t valuelen)
+{
+    upcall_t *call = st->call;
+    if (call->status < 200 || call->status == 204 || call->status == 304 ||
+        strcmp(call->method, "HEAD") == 0) {
+        return 0;
+    }
+    uint64_t length = 0;
+    for (size_t i = 0; i < valuelen; i++) {
+        if (value[i] < '0' || value[i] > '9' || length > UINT64_MAX / 10) {
+            return 0;
+        }
+        length = length * 10 + (uint64_t)(value[i] - '0');
+    }
+    if (length <= call->max_body) {
+        return 0;
+    }
+    char msg[sizeof(call->errmsg)];
+    snprintf(msg, sizeof(msg), UPCALL_BODY_LIMIT_FMT " (Content-Length: %llu)",
+             call->max_body, (unsigned long long)length);
+    return stream_abort(session, st, TE_BAD_RESPONSE, msg);
+}
+
+
 /* nghttp2_on_header_callback. Only :status is kept because upcall_t has no
- * room for response header fields. */
+ * room for response header fields, and content-length is checked against
+ * max_body. */
 static int on_header(nghttp2_session *session, const nghttp2_frame *frame,
                      const uint8_t *name, size_t namelen, const uint8_t *value,
                      size_t valuelen, uint8_t flags, void *user_data)
@@ -839,6 +957,9 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame,
     h2_stream_t *st = find_stream(session, frame->hd.stream_id);
     if (st == NULL || st->state != STREAM_OPEN) {
         return 0;
+    }
+    if (namelen == 14 && memcmp(name, "content-length", 14) == 0) {
+        return stream_check_content_length(session, st, value, valuelen);
     }
     if (namelen != 7 || memcmp(name, ":status", 7) != 0) {
         return 0;
@@ -927,15 +1048,20 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame,
             conn->ping_outstanding = 0;
         }
         return 0;
-    case NGHTTP2_GOAWAY:
+    case NGHTTP2_GOAWAY: {
         /* nghttp2 closes our streams above last_stream_id with
          * REFUSED_STREAM right after this callback; on_stream_close()
          * sends them to another connection. */
+        int first = !conn->goaway_received;
         conn->goaway_received = 1;
         conn->goaway_last_id = frame->goaway.last_stream_id;
         conn->goaway_error = frame->goaway.error_code;
         conn->draining = 1;
+        if (first && !conn->carried_stream) {
+            pool_charge_waiting(conn->pool, conn);
+        }
         return 0;
+    }
     default:
         break;
     }
@@ -1009,19 +1135,18 @@ static void stream_on_close(h2_conn_t *conn, h2_stream_t *st,
     }
     int retried = 0;
     if (above_goaway) {
-        retried = stream_retry(st, END_GOAWAY, conn->goaway_error);
+        retried = stream_retry(st, END_GOAWAY, conn);
     } else if (!st->headers_sent) {
-        retried = stream_retry(st, END_NOT_SENT, 0);
+        retried = stream_retry(st, END_NOT_SENT, conn);
     } else if (st->reset_by_peer && error_code == NGHTTP2_REFUSED_STREAM) {
-        retried = stream_retry(st, END_REFUSED, 0);
+        retried = stream_retry(st, END_REFUSED, conn);
     }
     if (retried) {
         return;
     }
 
     if (above_goaway) {
-        stream_finish(st, TE_RESET, "connection closed by GOAWAY: %s",
-                      nghttp2_http2_strerror(conn->goaway_error));
+        stream_fail_goaway(st, conn);
     } else if (st->reset_by_peer) {
         stream_finish(st, TE_RESET, "stream reset by server: %s", code);
     } else if (error_code == NGHTTP2_REFUSED_STREAM) {
@@ -1201,6 +1326,7 @@ static int conn_start_stream(h2_conn_t *conn, h2_stream_t *st)
     st->conn = conn;
     call->stream_id = id;
     session_link(conn, st);
+    conn->carried_stream = 1;
     return 0;
 }
 
@@ -1246,6 +1372,15 @@ static int conn_start_session(h2_conn_t *conn)
 }
 
 
+/* Returns the peer's current SETTINGS_MAX_CONCURRENT_STREAMS on |conn|,
+ * which must have a session. */
+static uint32_t conn_max_streams(const h2_conn_t *conn)
+{
+    return nghttp2_session_get_remote_settings(
+        conn->session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+}
+
+
 /* Returns whether |conn| can take another stream now. */
 static int conn_has_slot(h2_conn_t *conn)
 {
@@ -1260,9 +1395,7 @@ static int conn_has_slot(h2_conn_t *conn)
     }
     /* The current value, so a peer that lowers the limit mid-connection
      * gets no new stream until enough of the open ones have ended. */
-    uint32_t max = nghttp2_session_get_remote_settings(
-        conn->session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
-    return conn->nstreams < max;
+    return conn->nstreams < conn_max_streams(conn);
 }
 
 
@@ -1362,22 +1495,45 @@ static int conn_open(h2_pool_t *pool)
 /* Opens connections until the waiting calls fit, counting the streams
  * that connections still connecting are expected to take. Draining
  * connections do not count against max_connections because they take no
- * new streams and close on their own. */
+ * new streams and close on their own.
+ *
+ * A connection whose SETTINGS_MAX_CONCURRENT_STREAMS is 0 takes no stream
+ * until the server raises the limit (RFC 9113 section 6.5.2: servers
+ * should set 0 only for short durations). Such a limit may hold for that
+ * connection only, so while one such connection is open the pool still
+ * opens connections, but one at a time. Once two are open, the endpoint
+ * is taken to accept no streams for now: the pool opens no further
+ * connection, and the waiting calls wait for a raised limit or their
+ * deadline, as behind any full connection. Without this, each new
+ * connection that advertises 0 would look full and the pool would open
+ * max_connections of them for one call. */
 static void pool_grow(h2_pool_t *pool)
 {
     uint64_t assumed = pool->peer_max_streams > 0 ? pool->peer_max_streams : 1;
     uint64_t capacity = 0;
     size_t nconns = 0;
+    size_t nconnecting = 0;
+    size_t nzero = 0; /* open connections that allow no stream */
     for (h2_conn_t *conn = pool->conns; conn != NULL; conn = conn->next) {
         if (conn->closing || conn->draining) {
             continue;
         }
         nconns++;
         if (!conn->settings_received) {
+            nconnecting++;
             capacity += assumed;
+        } else if (conn_max_streams(conn) == 0) {
+            nzero++;
         }
     }
-    while (pool->nwaiting > capacity && nconns < pool->opts.max_connections) {
+    size_t max_conns = pool->opts.max_connections;
+    if (nzero > 1 || (nzero == 1 && nconnecting > 0)) {
+        return;
+    }
+    if (nzero == 1 && nconns + 1 < max_conns) {
+        max_conns = nconns + 1;
+    }
+    while (pool->nwaiting > capacity && nconns < max_conns) {
         if (conn_open(pool) != 0) {
             return;
         }

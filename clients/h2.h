@@ -26,19 +26,25 @@ h2_pool_t *h2_pool_new(uv_loop_t *loop, const struct sockaddr *addr,
 
 /* Starts a stream for |call| on a connection with a free stream slot. If
  * every connection is full, the pool opens another one, up to
- * max_connections. Beyond that the call waits in a FIFO queue, with phase
- * UPCALL_CONNECTING, until a slot frees or the caller cancels it, because
- * waiting alone never fails a call. A stream that the server did not process
- * (REFUSED_STREAM, above a GOAWAY's last_stream_id) is sent again, within
- * limits and while call->deadline_ns has not passed.
+ * max_connections. While a connection advertises
+ * SETTINGS_MAX_CONCURRENT_STREAMS 0, the pool opens one at a time, and
+ * none while two of them do. Beyond that the call waits in a FIFO queue,
+ * with phase UPCALL_CONNECTING, until a slot frees or the caller cancels
+ * it, because waiting alone never fails a call. A stream that the server
+ * did not process (REFUSED_STREAM, above a GOAWAY's last_stream_id) is
+ * sent again, within limits and while call->deadline_ns has not passed.
+ * A GOAWAY that processed none of a connection's streams counts against a
+ * limit of two retries per call whatever the deadline.
  *
  * Returns 0, after which on_done follows exactly once unless
  * h2_pool_cancel is called; or TE_INVALID / TE_NOMEM, in which case
  * on_done is never called. Errors in on_done: TE_CONNECT when no
  * connection to the endpoint could be made (refused, connect_timeout_ms
  * clipped to the waiting calls' deadlines, TLS failure) or it closed
- * before the server's SETTINGS; TE_RESET for a reset stream or a lost
- * connection; TE_BAD_RESPONSE for an invalid or oversized response. */
+ * before the server's SETTINGS; TE_RESET for a reset stream, a stream
+ * refused by GOAWAY more often than the limits allow, or a lost
+ * connection; TE_BAD_RESPONSE for an invalid or oversized response,
+ * including a content-length above call->max_body. */
 int h2_pool_submit(h2_pool_t *pool, upcall_t *call);
 
 /* Cancels a submitted call: a waiting call leaves the queue, an open

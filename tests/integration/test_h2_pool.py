@@ -1,7 +1,7 @@
 """HTTP/2 connection handling against faultd: GOAWAY (graceful and with an
-error code), REFUSED_STREAM, SETTINGS_MAX_CONCURRENT_STREAMS (at start
-and lowered mid-connection), flow control on large bodies, PING and the
-idle timeout."""
+error code), REFUSED_STREAM, SETTINGS_MAX_CONCURRENT_STREAMS (at start,
+zero, and lowered mid-connection), content-length above the body limit,
+flow control on large bodies, PING and the idle timeout."""
 
 import uuid
 
@@ -144,6 +144,27 @@ def test_goaway_error_twice_is_reset(gateway, start_faultd):
     assert logged, gw.logs()[-10:]
 
 
+def test_goaway_refusing_every_stream_bounded(gateway, start_faultd):
+    """A server that responds to every stream with GOAWAY(NO_ERROR,
+    last_stream_id=0) processed nothing, so the call gets three attempts
+    on three connections, not a new connection per loop iteration until
+    its deadline, and fails with 502 kind reset naming GOAWAY and the
+    error code."""
+    server = start_faultd("goaway-every-stream")
+    path = "/g?action=goaway&error_code=0&last_stream_id=0"
+    gw = h2_gateway(gateway, server, [("a", path)], deadline_ms=3000)
+
+    resp = gw.get("/x")
+
+    assert resp.status == 502, resp
+    err = error_of(resp)
+    assert err["kind"] == "reset", err
+    assert "stream refused by GOAWAY (NO_ERROR) 3 times" in err["message"], err
+    assert resp.elapsed < 1.0, resp
+    assert len(server.select(event="conn_open")) == 3, server.events()
+    assert len(server.select(event="request")) == 3, server.events()
+
+
 # ------------------------------------------------------- REFUSED_STREAM
 
 
@@ -230,6 +251,22 @@ def test_queued_call_ends_at_deadline_504(gateway, start_faultd):
     assert not error_goaways(server), server.events()
 
 
+def test_zero_stream_limit_opens_two_connections(gateway, start_faultd):
+    """Every connection advertises SETTINGS_MAX_CONCURRENT_STREAMS 0: the
+    pool opens one more connection in case the limit was that
+    connection's own, then no more (not max_connections of them), and
+    the call ends at the route deadline with 504."""
+    server = start_faultd("zero", args=["--max-streams", "0"])
+    gw = h2_gateway(gateway, server, [("a", "/p")], deadline_ms=800)
+
+    resp = gw.get("/x")
+
+    assert resp.status == 504, resp
+    assert error_of(resp)["kind"] in ("deadline", "timeout"), resp
+    assert len(server.select(event="conn_open")) == 2, server.events()
+    assert not server.select(event="request"), server.events()
+
+
 def test_lowered_stream_limit_respected(gateway, start_faultd):
     """SETTINGS lowering MAX_CONCURRENT_STREAMS to 1 mid-connection: the
     later calls respect the new limit and all succeed."""
@@ -261,6 +298,30 @@ def test_lowered_stream_limit_respected(gateway, start_faultd):
 
 
 # ----------------------------------------------- bodies, PING, idleness
+
+
+def test_content_length_over_limit_fails_at_head(gateway, start_faultd):
+    """A response head whose content-length is above
+    max_response_body_bytes fails the call with 502 kind bad_response
+    when the head arrives, and the message names the limit and the
+    announced length. faultd sends none of the body (truncate=0) and then
+    resets the stream, which ends a call that waited for the body with
+    kind reset instead."""
+    server = start_faultd("announcing")
+    size = 2 * 1024 * 1024
+    path = f"/b?body=huge&size={size}&truncate=0"
+    gw = gateway({"svc": {"url": server.h2_url}},
+                 [route("/x", [call("a", "svc", path)], deadline_ms=3000)],
+                 max_response_body_bytes=1024 * 1024)
+
+    resp = gw.get("/x")
+
+    assert resp.status == 502, resp
+    err = error_of(resp)
+    assert err["kind"] == "bad_response", err
+    assert ("max_response_body_bytes limit of 1048576 bytes "
+            f"(Content-Length: {size})") in err["message"], err
+    assert resp.elapsed < 1.0, resp
 
 
 def test_large_body_needs_window_updates(gateway, start_faultd):

@@ -217,8 +217,9 @@ static int server_saw_cancel(const server_t *server, int32_t stream_id)
 
 
 /* A scripted HTTP/2 server for frames that nghttpd does not send on
- * request: GOAWAY with a chosen last_stream_id and error code,
- * RST_STREAM, a low or lowered SETTINGS_MAX_CONCURRENT_STREAMS, PINGs
+ * request: GOAWAY with a chosen last_stream_id and error code (also at
+ * connection start), RST_STREAM, a low, zero or lowered
+ * SETTINGS_MAX_CONCURRENT_STREAMS, a content-length without a body, PINGs
  * left unacknowledged and invalid frames. It accepts connections on one
  * thread and serves each on a thread of its own. For every complete
  * request, the test's script picks an action; responses echo the request
@@ -229,17 +230,20 @@ typedef struct fake_server_s fake_server_t;
 typedef struct fake_conn_s fake_conn_t;
 
 typedef enum {
-    FAKE_RESPOND, /* 200 after fake->hold_ms */
-    FAKE_IGNORE,  /* no response at all */
-    FAKE_REFUSE,  /* RST_STREAM(REFUSED_STREAM) */
-    FAKE_RESET,   /* RST_STREAM(INTERNAL_ERROR) */
-    FAKE_GARBAGE, /* a DATA frame on stream 0, a connection error */
+    FAKE_RESPOND,   /* 200 after fake->hold_ms */
+    FAKE_IGNORE,    /* no response at all */
+    FAKE_REFUSE,    /* RST_STREAM(REFUSED_STREAM) */
+    FAKE_RESET,     /* RST_STREAM(INTERNAL_ERROR) */
+    FAKE_GARBAGE,   /* a DATA frame on stream 0, a connection error */
+    FAKE_HEAD_ONLY, /* 200 with fake->content_length and no DATA; the
+                     * stream stays open unless the method is HEAD */
 } fake_action_t;
 
 typedef struct fake_stream_s fake_stream_t;
 
 struct fake_stream_s {
     int32_t id;
+    char method[16];
     char path[64];
     char body[256]; /* the request body, truncated */
     size_t body_len;
@@ -269,6 +273,9 @@ struct fake_server_s {
     /* Set before fake_start(). */
     fake_script_t script; /* NULL: respond to everything */
     uint32_t max_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS, 0: not sent */
+    int zero_streams;     /* send SETTINGS_MAX_CONCURRENT_STREAMS 0 */
+    int goaway_at_start;  /* GOAWAY(NO_ERROR, 0) right after SETTINGS */
+    const char *content_length; /* the value FAKE_HEAD_ONLY sends */
     int no_ping_ack;
     unsigned hold_ms;
     /* Internal. */
@@ -284,6 +291,7 @@ struct fake_server_s {
     atomic_int max_open; /* most concurrent streams on one connection */
     atomic_int max_open_lowered; /* the same, after a lowered limit */
     atomic_int pings;
+    atomic_int cancels; /* RST_STREAM(CANCEL) received */
 };
 
 
@@ -348,6 +356,22 @@ static void fake_respond(fake_conn_t *c, fake_stream_t *s)
 }
 
 
+/* Sends a response head that announces fake->content_length bytes, and
+ * no DATA. A response to HEAD ends the stream. */
+static void fake_respond_head(fake_conn_t *c, fake_stream_t *s)
+{
+    const char *length = c->fake->content_length;
+    nghttp2_nv nva[] = {
+        {(uint8_t *)":status", (uint8_t *)"200", 7, 3, NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)"content-length", (uint8_t *)length, 14, strlen(length),
+         NGHTTP2_NV_FLAG_NONE},
+    };
+    uint8_t flags = strcmp(s->method, "HEAD") == 0 ? NGHTTP2_FLAG_END_STREAM
+                                                   : NGHTTP2_FLAG_NONE;
+    nghttp2_submit_headers(c->session, flags, s->id, NULL, nva, 2, NULL);
+}
+
+
 static int fake_on_begin_headers(nghttp2_session *session,
                                  const nghttp2_frame *frame, void *user_data)
 {
@@ -382,6 +406,9 @@ static int fake_on_header(nghttp2_session *session, const nghttp2_frame *frame,
     if (s != NULL && namelen == 5 && memcmp(name, ":path", 5) == 0) {
         snprintf(s->path, sizeof(s->path), "%.*s", (int)valuelen, value);
     }
+    if (s != NULL && namelen == 7 && memcmp(name, ":method", 7) == 0) {
+        snprintf(s->method, sizeof(s->method), "%.*s", (int)valuelen, value);
+    }
     return 0;
 }
 
@@ -410,6 +437,11 @@ static int fake_on_frame_recv(nghttp2_session *session,
     if (frame->hd.type == NGHTTP2_PING &&
         !(frame->hd.flags & NGHTTP2_FLAG_ACK)) {
         atomic_fetch_add(&fake->pings, 1);
+        return 0;
+    }
+    if (frame->hd.type == NGHTTP2_RST_STREAM &&
+        frame->rst_stream.error_code == NGHTTP2_CANCEL) {
+        atomic_fetch_add(&fake->cancels, 1);
         return 0;
     }
     if ((frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) ||
@@ -444,6 +476,9 @@ static int fake_on_frame_recv(nghttp2_session *session,
         break;
     case FAKE_GARBAGE:
         c->send_garbage = 1;
+        break;
+    case FAKE_HEAD_ONLY:
+        fake_respond_head(c, s);
         break;
     }
     return 0;
@@ -516,9 +551,15 @@ static void fake_serve(fake_conn_t *c)
     nghttp2_option_del(option);
     nghttp2_session_callbacks_del(callbacks);
     nghttp2_settings_entry max = {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS,
-                                  fake->max_streams};
+                                  fake->zero_streams ? 0 : fake->max_streams};
     nghttp2_submit_settings(c->session, NGHTTP2_FLAG_NONE, &max,
-                            fake->max_streams > 0 ? 1 : 0);
+                            fake->max_streams > 0 || fake->zero_streams);
+    if (fake->goaway_at_start) {
+        /* nghttp2 then wants neither to read nor to write once both
+         * frames are out, so the loop below closes the connection. */
+        nghttp2_submit_goaway(c->session, NGHTTP2_FLAG_NONE, 0,
+                              NGHTTP2_NO_ERROR, NULL, 0);
+    }
 
     while (!atomic_load(&fake->stop)) {
         fake_send_due(c);
@@ -1062,6 +1103,9 @@ static void test_h2_cancel_open_stream(void **state)
 }
 
 
+/* nghttpd announces the file size in content-length, so a body over
+ * max_body fails the call on the response head, before any DATA is kept,
+ * and the connection serves the next call. */
 static void test_h2_max_body_exceeded(void **state)
 {
     fixture_t *f = *state;
@@ -1076,8 +1120,8 @@ static void test_h2_max_body_exceeded(void **state)
     assert_int_equal(big.err, TE_BAD_RESPONSE);
     assert_string_equal(big.call.errmsg,
                         "response body larger than the max_response_body_bytes "
-                        "limit of 1000 bytes");
-    assert_true(big.call.body_out.len <= 1000);
+                        "limit of 1000 bytes (Content-Length: 3145728)");
+    assert_int_equal(big.call.body_out.len, 0);
     assert_int_equal(big.call.status, 200);
 
     assert_int_equal(h2_pool_submit(f->pool, &next.call), 0);
@@ -1344,6 +1388,102 @@ static void test_h2_connect_timeout_clipped(void **state)
 }
 
 
+/* A response without content-length whose DATA passes max_body fails
+ * when the DATA arrives, with the plain limit message. */
+static void test_h2_body_over_limit_no_length(void **state)
+{
+    fixture_t *f = *state;
+    fake_server_t fake = {0};
+    fake_start(&fake);
+    h2_pool_t *pool = pool_for_port(f, fake.port);
+    f->other_pool = pool;
+    test_call_t t;
+    call_init(&t, f, "/echo");
+    t.call.method = "POST";
+    t.call.body = "0123456789";
+    t.call.body_len = 10;
+    t.call.max_body = 4;
+
+    assert_int_equal(h2_pool_submit(pool, &t.call), 0);
+    RUN_UNTIL(f, t.done > 0);
+
+    assert_int_equal(t.err, TE_BAD_RESPONSE);
+    assert_string_equal(t.call.errmsg,
+                        "response body larger than the max_response_body_bytes "
+                        "limit of 4 bytes");
+    assert_int_equal(t.call.status, 200);
+    fake_run_stop(f, &fake, pool);
+    call_free(&t);
+}
+
+
+static fake_action_t script_head_only(fake_conn_t *c, fake_stream_t *s)
+{
+    return strcmp(s->path, "/announce") == 0 ? FAKE_HEAD_ONLY : FAKE_RESPOND;
+}
+
+
+/* A response head whose content-length is above max_body fails the call
+ * at once with TE_BAD_RESPONSE, although no DATA follows, and resets only
+ * that stream. A content-length equal to max_body, and one on a response
+ * to HEAD, fail nothing. */
+static void test_h2_content_length_over_limit(void **state)
+{
+    fixture_t *f = *state;
+    fake_server_t fake = {.script = script_head_only,
+                          .content_length = "100000000"};
+    fake_start(&fake);
+    h2_pool_t *pool = pool_for_port(f, fake.port);
+    f->other_pool = pool;
+    test_call_t big;
+    test_call_t at_limit;
+    test_call_t head;
+    test_call_t next;
+    call_init(&big, f, "/announce");
+    big.call.max_body = 1000;
+    call_init(&at_limit, f, "/announce");
+    at_limit.call.max_body = 100000000;
+    call_init(&head, f, "/announce");
+    head.call.method = "HEAD";
+    head.call.max_body = 1000;
+    call_init(&next, f, "/next");
+
+    assert_int_equal(h2_pool_submit(pool, &big.call), 0);
+    RUN_UNTIL(f, big.done > 0);
+    assert_int_equal(big.err, TE_BAD_RESPONSE);
+    assert_string_equal(big.call.errmsg,
+                        "response body larger than the max_response_body_bytes "
+                        "limit of 1000 bytes (Content-Length: 100000000)");
+    assert_int_equal(big.call.status, 200);
+    assert_int_equal(big.call.body_out.len, 0);
+    /* The server's threads count without waking the loop. */
+    for (int i = 0; i < 200 && atomic_load(&fake.cancels) == 0; i++) {
+        run_for(f, 10);
+    }
+    assert_int_equal(atomic_load(&fake.cancels), 1);
+
+    assert_int_equal(h2_pool_submit(pool, &at_limit.call), 0);
+    assert_int_equal(h2_pool_submit(pool, &head.call), 0);
+    RUN_UNTIL(f, head.done > 0);
+    assert_ok_body(&head, "");
+    run_for(f, 100);
+    assert_int_equal(at_limit.done, 0);
+    assert_int_equal(at_limit.call.phase, UPCALL_RECEIVING);
+    h2_pool_cancel(pool, &at_limit.call);
+
+    assert_int_equal(h2_pool_submit(pool, &next.call), 0);
+    RUN_UNTIL(f, next.done > 0);
+    assert_ok_body(&next, "ok");
+    assert_int_equal(next.call.stream_id, 7);
+    assert_int_equal(atomic_load(&fake.connections), 1);
+    fake_run_stop(f, &fake, pool);
+    call_free(&big);
+    call_free(&at_limit);
+    call_free(&head);
+    call_free(&next);
+}
+
+
 /* SETTINGS_MAX_CONCURRENT_STREAMS 2 and ten concurrent calls: the pool
  * opens more connections instead of exceeding the limit, and every call
  * succeeds. */
@@ -1537,6 +1677,94 @@ static void test_h2_stream_cap_lowered(void **state)
         call_free(&first[i]);
     }
     for (int i = 0; i < 4; i++) {
+        call_free(&later[i]);
+    }
+}
+
+
+/* Every connection advertises SETTINGS_MAX_CONCURRENT_STREAMS 0: the
+ * pool opens a second connection in case the limit was that
+ * connection's own, then no more, and the call waits until cancelled. */
+static void test_h2_zero_streams_two_connections(void **state)
+{
+    fixture_t *f = *state;
+    fake_server_t fake = {.zero_streams = 1};
+    fake_start(&fake);
+    h2_pool_t *pool = pool_for_port(f, fake.port);
+    f->other_pool = pool;
+    test_call_t calls[3];
+    for (int i = 0; i < 3; i++) {
+        call_init(&calls[i], f, "/zero");
+        assert_int_equal(h2_pool_submit(pool, &calls[i].call), 0);
+    }
+    run_for(f, 300);
+
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(calls[i].done, 0);
+        assert_int_equal(calls[i].call.phase, UPCALL_CONNECTING);
+    }
+    assert_int_equal(atomic_load(&fake.connections), 2);
+    assert_int_equal(h2_pool_connections(pool), 2);
+    assert_int_equal(atomic_load(&fake.requests), 0);
+    for (int i = 0; i < 3; i++) {
+        h2_pool_cancel(pool, &calls[i].call);
+    }
+    run_for(f, 50);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(calls[i].done, 0);
+    }
+    fake_run_stop(f, &fake, pool);
+    for (int i = 0; i < 3; i++) {
+        call_free(&calls[i]);
+    }
+}
+
+
+/* The first connection lowers its limit to 0 on its first request. */
+static fake_action_t script_lower_to_zero(fake_conn_t *c, fake_stream_t *s)
+{
+    if (c->index == 0 && c->requests == 1) {
+        nghttp2_settings_entry max = {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS,
+                                      0};
+        nghttp2_submit_settings(c->session, NGHTTP2_FLAG_NONE, &max, 1);
+    }
+    return FAKE_RESPOND;
+}
+
+
+/* A limit of 0 on one connection only: the next calls go to one new
+ * connection, which serves them all. */
+static void test_h2_zero_streams_on_one_connection(void **state)
+{
+    fixture_t *f = *state;
+    fake_server_t fake = {.script = script_lower_to_zero};
+    fake_start(&fake);
+    h2_pool_t *pool = pool_for_port(f, fake.port);
+    f->other_pool = pool;
+    test_call_t first;
+    test_call_t later[3];
+    call_init(&first, f, "/first");
+    assert_int_equal(h2_pool_submit(pool, &first.call), 0);
+    RUN_UNTIL(f, first.done > 0);
+    assert_ok_body(&first, "ok");
+    /* Lets the SETTINGS that follow the response arrive. */
+    run_for(f, 30);
+
+    for (int i = 0; i < 3; i++) {
+        call_init(&later[i], f, "/later");
+        assert_int_equal(h2_pool_submit(pool, &later[i].call), 0);
+    }
+    RUN_UNTIL(f, all_done(later, 3));
+
+    for (int i = 0; i < 3; i++) {
+        assert_ok_body(&later[i], "ok");
+        assert_int_equal(later[i].call.stream_id, 1 + 2 * i);
+    }
+    assert_int_equal(atomic_load(&fake.connections), 2);
+    assert_int_equal(h2_pool_connections(pool), 2);
+    fake_run_stop(f, &fake, pool);
+    call_free(&first);
+    for (int i = 0; i < 3; i++) {
         call_free(&later[i]);
     }
 }
@@ -1737,6 +1965,126 @@ static void test_h2_goaway_error_covered_stream(void **state)
     assert_int_equal(atomic_load(&fake2.requests), 1);
     fake_run_stop(f, &fake2, pool);
     call_free(&post);
+}
+
+
+/* Every request gets GOAWAY(NO_ERROR, last_stream_id 0): the server
+ * processed nothing on the connection. */
+static fake_action_t script_goaway_unprocessed(fake_conn_t *c, fake_stream_t *s)
+{
+    nghttp2_submit_goaway(c->session, NGHTTP2_FLAG_NONE, 0, NGHTTP2_NO_ERROR,
+                          NULL, 0);
+    return FAKE_IGNORE;
+}
+
+
+/* A server that refuses every stream with a graceful GOAWAY gets three
+ * attempts per call, with a deadline or without, not one connection per
+ * loop iteration until the deadline. */
+static void test_h2_goaway_unprocessed_bounded(void **state)
+{
+    fixture_t *f = *state;
+    static const uint64_t budgets_ms[] = {0, 3000};
+    for (size_t i = 0; i < 2; i++) {
+        fake_server_t fake = {.script = script_goaway_unprocessed};
+        fake_start(&fake);
+        h2_pool_t *pool = pool_for_port(f, fake.port);
+        f->other_pool = pool;
+        test_call_t t;
+        call_init(&t, f, "/refused");
+        if (budgets_ms[i] > 0) {
+            t.call.deadline_ns = uv_hrtime() + budgets_ms[i] * 1000000ULL;
+        }
+
+        assert_int_equal(h2_pool_submit(pool, &t.call), 0);
+        RUN_UNTIL(f, t.done > 0);
+        RUN_UNTIL(f, h2_pool_connections(pool) == 0);
+
+        assert_int_equal(t.done, 1);
+        assert_int_equal(t.err, TE_RESET);
+        assert_string_equal(t.call.errmsg,
+                            "stream refused by GOAWAY (NO_ERROR) 3 times");
+        assert_int_equal(t.call.status, 0);
+        assert_int_equal(atomic_load(&fake.requests), 3);
+        assert_int_equal(atomic_load(&fake.connections), 3);
+        fake_run_stop(f, &fake, pool);
+        call_free(&t);
+    }
+}
+
+
+/* GOAWAY(NO_ERROR, 0) right after SETTINGS on every connection: the
+ * waiting call never gets a stream, and each such connection counts as a
+ * refusal, so the pool stops after three connections. */
+static void test_h2_goaway_at_start_bounded(void **state)
+{
+    fixture_t *f = *state;
+    fake_server_t fake = {.goaway_at_start = 1};
+    fake_start(&fake);
+    h2_pool_t *pool = pool_for_port(f, fake.port);
+    f->other_pool = pool;
+    test_call_t t;
+    call_init(&t, f, "/never");
+    t.call.deadline_ns = uv_hrtime() + 3000 * 1000000ULL;
+
+    assert_int_equal(h2_pool_submit(pool, &t.call), 0);
+    RUN_UNTIL(f, t.done > 0);
+    RUN_UNTIL(f, h2_pool_connections(pool) == 0);
+    run_for(f, 50);
+
+    assert_int_equal(t.done, 1);
+    assert_int_equal(t.err, TE_RESET);
+    assert_string_equal(t.call.errmsg,
+                        "stream refused by GOAWAY (NO_ERROR) 3 times");
+    assert_int_equal(atomic_load(&fake.requests), 0);
+    assert_int_equal(atomic_load(&fake.connections), 3);
+    fake_run_stop(f, &fake, pool);
+    call_free(&t);
+}
+
+
+/* Each connection responds to its first stream and turns the others away
+ * with GOAWAY(NO_ERROR, last_stream_id 1), as a server that ends every
+ * connection after one request would. */
+static fake_action_t script_one_per_connection(fake_conn_t *c, fake_stream_t *s)
+{
+    if (c->requests > 1) {
+        return FAKE_IGNORE;
+    }
+    nghttp2_submit_goaway(c->session, NGHTTP2_FLAG_NONE, s->id,
+                          NGHTTP2_NO_ERROR, NULL, 0);
+    return FAKE_RESPOND;
+}
+
+
+/* A graceful GOAWAY that processed some streams is not capped at three
+ * attempts: the sixth call is turned away five times and still succeeds
+ * within its deadline. */
+static void test_h2_goaway_with_progress_not_capped(void **state)
+{
+    fixture_t *f = *state;
+    enum { N = 6 };
+    fake_server_t fake = {.script = script_one_per_connection};
+    fake_start(&fake);
+    h2_pool_t *pool = pool_for_port(f, fake.port);
+    f->other_pool = pool;
+    test_call_t calls[N];
+    for (int i = 0; i < N; i++) {
+        call_init(&calls[i], f, "/one");
+        calls[i].call.deadline_ns = uv_hrtime() + 5000 * 1000000ULL;
+        assert_int_equal(h2_pool_submit(pool, &calls[i].call), 0);
+    }
+    RUN_UNTIL(f, all_done(calls, N));
+
+    for (int i = 0; i < N; i++) {
+        assert_ok_body(&calls[i], "ok");
+        assert_int_equal(calls[i].call.stream_id, 1);
+    }
+    assert_int_equal(atomic_load(&fake.connections), N);
+    fake_run_stop(f, &fake, pool);
+    for (int i = 0; i < N; i++) {
+        call_free(&calls[i]);
+    }
 }
 
 
@@ -2168,6 +2516,10 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_h2_max_body_exceeded, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_h2_body_over_limit_no_length,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_h2_content_length_over_limit,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_h2_reentrant_cancel_and_submit,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_h2_close_with_open_stream, setup,
@@ -2187,6 +2539,10 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_h2_stream_cap_lowered, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_h2_zero_streams_two_connections,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_h2_zero_streams_on_one_connection,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_h2_goaway_resends_unprocessed,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_h2_goaway_error_retried_once,
@@ -2194,6 +2550,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_h2_goaway_error_twice_fails, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_h2_goaway_error_covered_stream,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_h2_goaway_unprocessed_bounded,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_h2_goaway_at_start_bounded, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_h2_goaway_with_progress_not_capped,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_h2_refused_stream_retried, setup,
                                         teardown),
