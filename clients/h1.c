@@ -35,9 +35,26 @@
 /* With CALL_FAILING, the bits from CALL_ERR_SHIFT up hold -err. */
 #define CALL_ERR_SHIFT 8
 
+/* A connection is not reused while bytes may follow its last response:
+ * no request was outstanding for them, so the next call would take them
+ * for its response. Bytes in the same read as the end of a response close
+ * the connection at once (conn_parse). The rest of that read phase (libuv
+ * reads the socket again after a full buffer, TLS may hold more records)
+ * passes in CONN_SETTLING, where a byte or EOF closes the connection. The
+ * transport keeps reading an idle connection, so a byte or EOF closes it
+ * there too (on_read, on_eof). This costs no system call, whereas a
+ * recv(MSG_PEEK) before each reuse would add one per call.
+ * NOTE: bytes not yet read when the connection is reused go unseen. Such
+ * bytes reached the socket after the loop last read it, or lie beyond the
+ * 32 reads that libuv 1.44 makes per read phase, or form a TLS record not
+ * yet complete. Bytes that arrive after the next request went out are taken
+ * as its response, because HTTP/1.1 matches responses to requests only by
+ * their order. */
 typedef enum {
     CONN_CONNECTING, /* TCP connect or TLS handshake, a call attached */
     CONN_BUSY,       /* request being written or response being read */
+    CONN_SETTLING,   /* response complete, in the settling list until the
+                        loop's read phase ends (on_settle_check) */
     CONN_IDLE,       /* in the idle list, read only to notice a close */
     CONN_CLOSING,    /* closing, freed once its handles are closed */
 } conn_state_t;
@@ -55,11 +72,11 @@ struct h1_conn_s {
     int handles; /* the transport and the timer, until each is closed */
     h1_pool_t *pool;
     conn_state_t state;
-    upcall_t *call;  /* running call, or NULL when idle, cancelled or closing */
+    upcall_t *call;  /* running call, or NULL when none runs */
     h1_conn_t *prev; /* list of open connections in the pool */
     h1_conn_t *next;
-    h1_conn_t *idle_prev; /* idle list, most recently used first */
-    h1_conn_t *idle_next;
+    h1_conn_t *idle_prev; /* idle list, most recently used first, or */
+    h1_conn_t *idle_next; /* settling list, oldest first */
     unsigned long served; /* calls completed, so > 0 means reused */
     /* Idle limit derived from the server's "Keep-Alive: timeout=N", or
      * UINT64_MAX when the server sent none. */
@@ -94,12 +111,14 @@ struct h1_pool_s {
     struct sockaddr_storage addr;
     char endpoint[64]; /* "ip:port", "[ip]:port" for IPv6 */
     pool_options_t opts;
-    h1_conn_t *conns;     /* open connections, closing ones excluded */
-    h1_conn_t *idle;      /* head of the idle list */
-    size_t nopen;         /* length of |conns| */
-    size_t nhandles;      /* handles initialised and not yet closed */
-    int closing;          /* h1_pool_close was called */
-    upcall_t *queue_head; /* calls waiting for a connection, oldest first */
+    h1_conn_t *conns;         /* open connections, closing ones excluded */
+    h1_conn_t *idle;          /* head of the idle list */
+    h1_conn_t *settling;      /* head of the settling list */
+    h1_conn_t *settling_tail; /* its last entry, for appending */
+    size_t nopen;             /* length of |conns| */
+    size_t nhandles;          /* handles initialised and not yet closed */
+    int closing;              /* h1_pool_close was called */
+    upcall_t *queue_head;     /* calls waiting for a connection, oldest first */
     upcall_t *queue_tail;
     /* Calls that failed while being started from inside the pool; a
      * zero-delay timer reports them so that on_done never runs inside
@@ -107,6 +126,10 @@ struct h1_pool_s {
      * h1_pool_close, so the pool is only ever freed in a close callback. */
     upcall_t *failed;
     uv_timer_t failed_timer;
+    /* Active while a connection settles. A check handle runs in the same
+     * loop iteration, right after the I/O callbacks, and costs no system
+     * call. A zero-delay timer would run only in the next iteration. */
+    uv_check_t settle_check;
 };
 
 
@@ -154,6 +177,40 @@ static void idle_remove(h1_conn_t *conn)
     }
     if (conn->idle_next != NULL) {
         conn->idle_next->idle_prev = conn->idle_prev;
+    }
+    conn->idle_prev = NULL;
+    conn->idle_next = NULL;
+}
+
+
+static void settling_push(h1_conn_t *conn)
+{
+    h1_pool_t *pool = conn->pool;
+
+    conn->idle_prev = pool->settling_tail;
+    conn->idle_next = NULL;
+    if (pool->settling_tail != NULL) {
+        pool->settling_tail->idle_next = conn;
+    } else {
+        pool->settling = conn;
+    }
+    pool->settling_tail = conn;
+}
+
+
+static void settling_remove(h1_conn_t *conn)
+{
+    h1_pool_t *pool = conn->pool;
+
+    if (conn->idle_prev != NULL) {
+        conn->idle_prev->idle_next = conn->idle_next;
+    } else {
+        pool->settling = conn->idle_next;
+    }
+    if (conn->idle_next != NULL) {
+        conn->idle_next->idle_prev = conn->idle_prev;
+    } else {
+        pool->settling_tail = conn->idle_prev;
     }
     conn->idle_prev = NULL;
     conn->idle_next = NULL;
@@ -271,7 +328,8 @@ static void pool_handle_closed(h1_pool_t *pool)
 }
 
 
-static void on_failed_timer_close(uv_handle_t *handle)
+/* uv_close_cb for the pool's failed_timer and settle_check. */
+static void on_pool_handle_close(uv_handle_t *handle)
 {
     pool_handle_closed(handle->data);
 }
@@ -317,6 +375,8 @@ static void conn_close(h1_conn_t *conn)
     }
     if (conn->state == CONN_IDLE) {
         idle_remove(conn);
+    } else if (conn->state == CONN_SETTLING) {
+        settling_remove(conn);
     }
     if (conn->prev != NULL) {
         conn->prev->next = conn->next;
@@ -355,21 +415,23 @@ static void on_conn_timer(uv_timer_t *timer)
 }
 
 
-/* Puts |conn| in the idle list with its idle timer, or closes it when the
- * server allows it no idle time at all, then lets a queued call have it. */
+/* Returns how long |conn| may stay idle: the pool's idle timeout, or less
+ * when the server's Keep-Alive timeout is shorter. */
+static uint64_t conn_idle_ms(const h1_conn_t *conn)
+{
+    uint64_t idle_ms = conn->pool->opts.idle_timeout_ms;
+
+    return conn->server_idle_ms < idle_ms ? conn->server_idle_ms : idle_ms;
+}
+
+
+/* Puts the settled |conn| in the idle list with its idle timer. The
+ * caller then lets a queued call have it. */
 static void conn_make_idle(h1_conn_t *conn)
 {
     h1_pool_t *pool = conn->pool;
-    uint64_t idle_ms = pool->opts.idle_timeout_ms;
+    uint64_t idle_ms = conn_idle_ms(conn);
 
-    if (conn->server_idle_ms < idle_ms) {
-        idle_ms = conn->server_idle_ms;
-    }
-    if (idle_ms == 0) {
-        conn_close(conn);
-        pool_dispatch(pool);
-        return;
-    }
     conn->state = CONN_IDLE;
     conn->idle_prev = NULL;
     conn->idle_next = pool->idle;
@@ -384,7 +446,44 @@ static void conn_make_idle(h1_conn_t *conn)
         uv_timer_get_due_in(&conn->timer) > idle_ms) {
         uv_timer_start(&conn->timer, on_conn_timer, idle_ms, 0);
     }
+}
+
+
+/* Moves the connections that finished a response during this loop
+ * iteration's I/O callbacks to the idle list, then starts queued calls
+ * on them (uv_check_cb). A byte or EOF read after a response ended has
+ * closed its connection, so the ones left have received nothing since. */
+static void on_settle_check(uv_check_t *check)
+{
+    h1_pool_t *pool = check->data;
+
+    uv_check_stop(check);
+    while (pool->settling != NULL) {
+        h1_conn_t *conn = pool->settling;
+        settling_remove(conn);
+        conn_make_idle(conn);
+    }
     pool_dispatch(pool);
+}
+
+
+/* Holds |conn|, whose response ended inside a read callback, out of the
+ * idle list until on_settle_check: the transport may still deliver bytes
+ * read in the same read phase (the rest of a full read buffer, further
+ * TLS records), and those must close the connection, not reach the next
+ * call. A connection the server allows no idle time is closed. */
+static void conn_settle(h1_conn_t *conn)
+{
+    h1_pool_t *pool = conn->pool;
+
+    if (conn_idle_ms(conn) == 0) {
+        conn_close(conn);
+        pool_dispatch(pool);
+        return;
+    }
+    conn->state = CONN_SETTLING;
+    settling_push(conn);
+    uv_check_start(&pool->settle_check, on_settle_check);
 }
 
 
@@ -405,9 +504,10 @@ static void fail_call(h1_conn_t *conn, int err)
 }
 
 
-/* Ends the running call successfully. The connection is reused only when
+/* Ends the running call successfully. The connection is kept only when
  * the server allows keep-alive, the request write has finished (its
- * buffers point into the call) and no byte followed the response. */
+ * buffers point into the call) and no byte followed the response in the
+ * same read; it is reused once it has settled. */
 static void complete_call(h1_conn_t *conn, int reusable)
 {
     upcall_t *call = conn->call;
@@ -418,7 +518,7 @@ static void complete_call(h1_conn_t *conn, int reusable)
     call->pool_conn = NULL;
     call->phase = UPCALL_DONE;
     if (reusable && conn->keep_alive && !conn->writing && !pool->closing) {
-        conn_make_idle(conn);
+        conn_settle(conn);
     } else {
         conn_close(conn);
         pool_dispatch(pool);
@@ -809,8 +909,8 @@ static void conn_on_eof(h1_conn_t *conn)
 }
 
 
-/* transport_read_cb: response bytes, or an unrequested byte on an idle
- * connection. */
+/* transport_read_cb: response bytes, or unrequested bytes on a settling
+ * or idle connection. */
 static void on_read(transport_t *t, const char *data, size_t len)
 {
     h1_conn_t *conn = t->data;
@@ -820,8 +920,9 @@ static void on_read(transport_t *t, const char *data, size_t len)
         return;
     }
     if (call == NULL) {
-        /* An idle connection cannot carry another request once the
-         * server sent something unrequested. */
+        /* No request is outstanding, so these bytes belong to no call,
+         * and a later call would take them for its response. Closing the
+         * connection is no error of any call. */
         h1_pool_t *pool = conn->pool;
         conn_close(conn);
         pool_dispatch(pool);
@@ -846,8 +947,8 @@ static void on_eof(transport_t *t, int err, const char *msg)
         return;
     }
     if (call == NULL) {
-        /* An idle connection the server closed: it is dropped here so
-         * that no request goes out on it. */
+        /* A settling or idle connection the server closed: it is
+         * dropped here so that no request goes out on it. */
         h1_pool_t *pool = conn->pool;
         conn_close(conn);
         pool_dispatch(pool);
@@ -1189,13 +1290,23 @@ static int pool_start(h1_pool_t *pool, upcall_t *call)
 }
 
 
-/* Starts queued calls while a connection is idle or the cap allows a new
- * one. A call that cannot start fails from the loop, never from here,
- * because this runs inside submit and cancel too. */
+/* Returns whether a call can start now: a connection is idle, or the cap
+ * allows a new one and none is settling. A settling connection becomes
+ * idle before the loop polls again, so a call waits for it in the queue
+ * rather than opening a connection that the pool does not need. */
+static int pool_can_start(const h1_pool_t *pool)
+{
+    return pool->idle != NULL ||
+           (pool->settling == NULL && pool->nopen < pool->opts.max_connections);
+}
+
+
+/* Starts queued calls while pool_can_start allows it. A call that cannot
+ * start fails from the loop, never from here, because this runs inside
+ * submit and cancel too. */
 static void pool_dispatch(h1_pool_t *pool)
 {
-    while (pool->queue_head != NULL && !pool->closing &&
-           (pool->idle != NULL || pool->nopen < pool->opts.max_connections)) {
+    while (pool->queue_head != NULL && !pool->closing && pool_can_start(pool)) {
         upcall_t *call = queue_pop(pool);
         int rc = pool_start(pool, call);
         if (rc != 0) {
@@ -1235,9 +1346,12 @@ h1_pool_t *h1_pool_new(uv_loop_t *loop, const struct sockaddr *addr,
     if (pool->opts.connect_timeout_ms == 0) {
         pool->opts.connect_timeout_ms = H1_DEFAULT_CONNECT_TIMEOUT_MS;
     }
+    /* Neither init can fail: they only fill in the handle. */
     (void)uv_timer_init(loop, &pool->failed_timer);
     pool->failed_timer.data = pool;
-    pool->nhandles = 1;
+    (void)uv_check_init(loop, &pool->settle_check);
+    pool->settle_check.data = pool;
+    pool->nhandles = 2;
     return pool;
 }
 
@@ -1269,8 +1383,7 @@ int h1_pool_submit(h1_pool_t *pool, upcall_t *call)
     call->endpoint[endpoint_len] = '\0';
 
     /* Earlier waiting calls go first. */
-    if (pool->queue_head != NULL ||
-        (pool->idle == NULL && pool->nopen >= pool->opts.max_connections)) {
+    if (pool->queue_head != NULL || !pool_can_start(pool)) {
         call->phase = UPCALL_CONNECTING;
         queue_push(pool, call);
         return 0;
@@ -1342,5 +1455,6 @@ void h1_pool_close(h1_pool_t *pool)
         pool->failed = call->queue_next;
         cancel_for_close(pool, call);
     }
-    uv_close((uv_handle_t *)&pool->failed_timer, on_failed_timer_close);
+    uv_close((uv_handle_t *)&pool->failed_timer, on_pool_handle_close);
+    uv_close((uv_handle_t *)&pool->settle_check, on_pool_handle_close);
 }

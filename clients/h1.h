@@ -1,7 +1,9 @@
 /* HTTP/1.1 client: a keep-alive connection pool to one endpoint, over TCP
  * or TLS (https), responses parsed with libhttp-parser. One request in
- * flight per connection, no pipelining. All functions run on the owning
- * loop's thread. */
+ * flight per connection, no pipelining. A connection is not reused when a
+ * byte or EOF arrives while no request is outstanding on it: after the end
+ * of a response in the same read phase, or while it is idle. All
+ * functions run on the owning loop's thread. */
 #ifndef TUTTI_H1_H
 #define TUTTI_H1_H
 
@@ -22,8 +24,12 @@ h1_pool_t *h1_pool_new(uv_loop_t *loop, const struct sockaddr *addr,
                        const pool_options_t *opts);
 
 /* Starts |call| on an idle connection, or on a new one, or queues it
- * (first in, first out) when max_connections are open and busy. A queued
- * call has no timer of its own: the caller cancels it at its deadline.
+ * (first in, first out) when max_connections are open and busy. It also
+ * queues while a connection whose response just ended waits for the end
+ * of the loop's read phase. The call then starts in the same loop
+ * iteration, on that connection unless bytes that followed the response
+ * closed it. A queued call has no timer of its own: the caller cancels it
+ * at its deadline.
  * A call that fails before any response byte on a reused connection is
  * sent once more on a new connection if its method is idempotent.
  * Returns 0, after which on_done follows exactly once unless

@@ -1,14 +1,18 @@
 """HTTP/1.1 keep-alive pool against faultd: servers that close idle
 connections, requests lost on a reused connection, chunk extensions and
 trailers, truncated bodies, Connection: close, Keep-Alive: timeout and
-the connection cap."""
+the connection cap. A small server in this file sends bytes that no
+request asked for, which faultd never does."""
 
+import socket
+import ssl
+import threading
 import time
 import uuid
 
 import pytest
 
-from conftest import call, error_of, route
+from conftest import EVENT_WAIT_S, call, error_of, route
 
 
 def h1_gateway(gateway, server, path, method="GET", deadline_ms=3000,
@@ -218,3 +222,227 @@ def test_max_connections_caps_pool(gateway, start_faultd):
     assert resp.status == 200, resp
     assert len(set(request_conns(server))) <= 2, server.events()
     assert resp.elapsed >= 0.4, resp
+
+
+# ------------------------------------------------ unrequested bytes
+
+STRAY_RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 14\r\n\r\n{\"injected\":1}")
+
+# Content-Length of a HEAD response is the size a GET would get, so
+# this body is announced but not expected. A server that sends it anyway
+# sends bytes that no request asked for.
+HEAD_BODY = b'{"ok":true}'
+HEAD_RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(HEAD_BODY))
+
+
+def json_response(target):
+    """A response whose body names the request target."""
+    body = b'{"path":"%s"}' % target.encode()
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+
+class StrayServer:
+    """A keep-alive HTTP/1.1 server on 127.0.0.1, optionally over TLS. It
+    responds to each request with a body naming its target and, on the
+    paths below, also sends bytes that no request asked for:
+
+    - /late: a second response 100 ms after the first.
+    - /late-head: a HEAD response, and 50 ms later the body it announced.
+    - /double: a second response in the same write as the first.
+    - /head-body: a HEAD response and the body it announced in one write.
+    - /split-records: with TLS, the response and a second response as two
+      TLS records in one TCP segment.
+
+    It records each request and each close, with the connection's number
+    in accept order."""
+
+    def __init__(self, tls_context=None):
+        self.tls_context = tls_context
+        self.events = []
+        self.changed = threading.Condition()
+        self.conns = {}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.threads = []
+        self.acceptor = threading.Thread(target=self._accept, daemon=True)
+        self.acceptor.start()
+
+    def _record(self, **event):
+        with self.changed:
+            self.events.append(event)
+            self.changed.notify_all()
+
+    def select(self, event):
+        with self.changed:
+            return [e for e in self.events if e["event"] == event]
+
+    def wait_for(self, event, timeout=EVENT_WAIT_S):
+        """Return the events named |event|, waiting for the first one."""
+        with self.changed:
+            self.changed.wait_for(
+                lambda: any(e["event"] == event for e in self.events),
+                timeout=timeout)
+        return self.select(event)
+
+    def _accept(self):
+        number = 0
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            number += 1
+            t = threading.Thread(target=self._serve, args=(conn, number),
+                                 daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _serve(self, conn, number):
+        conn.settimeout(5.0)
+        try:
+            if self.tls_context is not None:
+                conn = self.tls_context.wrap_socket(conn, server_side=True)
+            self.conns[number] = conn
+            data = b""
+            while True:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, data = data.split(b"\r\n\r\n", 1)
+                method, target = head.decode().split(" ")[:2]
+                self._record(event="request", conn=number, method=method,
+                             target=target)
+                self._answer(conn, method, target)
+        except OSError:
+            return
+        finally:
+            self._record(event="close", conn=number)
+            conn.close()
+
+    def _answer(self, conn, method, target):
+        response = HEAD_RESPONSE if method == "HEAD" else json_response(target)
+        if target == "/late":
+            conn.sendall(response)
+            time.sleep(0.1)
+            conn.sendall(STRAY_RESPONSE)
+        elif target == "/late-head":
+            conn.sendall(response)
+            time.sleep(0.05)
+            conn.sendall(HEAD_BODY)
+        elif target == "/double":
+            conn.sendall(response + STRAY_RESPONSE)
+        elif target == "/head-body":
+            conn.sendall(response + HEAD_BODY)
+        elif target == "/split-records":
+            # Each sendall on a TLS socket is one record. The cork keeps
+            # both back until they leave in one segment.
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+            conn.sendall(response)
+            conn.sendall(STRAY_RESPONSE)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+        else:
+            conn.sendall(response)
+
+    def stop(self):
+        # shutdown, unlike close, wakes a thread blocked in accept or recv.
+        for sock in [self.sock] + list(self.conns.values()):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.sock.close()
+        self.acceptor.join(timeout=2)
+        for t in self.threads:
+            t.join(timeout=2)
+
+
+@pytest.fixture
+def stray_server():
+    server = StrayServer()
+    yield server
+    server.stop()
+
+
+def stray_gateway(gateway, url, first_path, first_method="GET", **options):
+    """A gateway with /first calling |first_path| and /own/{n} calling
+    /own/{n}, both on one service at |url|."""
+    svc = {"url": url}
+    svc.update(options)
+    return gateway({"svc": svc},
+                   [route("/first", [call("a", "svc", first_path,
+                                          method=first_method)],
+                          deadline_ms=3000),
+                    route("/own/{n}", [call("a", "svc", "/own/{n}")],
+                          deadline_ms=3000)])
+
+
+def assert_own_result(gw, server, n):
+    """The next call gets its own response, on a new connection."""
+    resp = gw.get(f"/own/{n}")
+
+    assert resp.status == 200, resp
+    assert resp.json() == {"a": {"path": f"/own/{n}"}}, resp
+    requests = server.select("request")
+    assert requests[-1]["target"] == f"/own/{n}", requests
+    assert requests[-1]["conn"] != requests[0]["conn"], server.events
+
+
+@pytest.mark.parametrize("path,method,first", [
+    ("/late", "GET", {"path": "/late"}),
+    ("/late-head", "HEAD", None),
+    ("/double", "GET", {"path": "/double"}),
+    ("/head-body", "HEAD", None),
+])
+def test_unrequested_bytes_close_connection(gateway, stray_server, path,
+                                            method, first):
+    """Bytes after a complete response (a second response, a body after a
+    HEAD response), in the same write or later while the connection is
+    idle, close the connection. The next call gets its own response on a
+    new connection."""
+    gw = stray_gateway(gateway, f"http://127.0.0.1:{stray_server.port}",
+                       path, first_method=method)
+
+    resp = gw.get("/first")
+    assert resp.status == 200, resp
+    assert resp.json() == {"a": first}, resp
+    assert stray_server.wait_for("close"), stray_server.events
+
+    assert_own_result(gw, stray_server, 2)
+
+
+def test_extra_tls_record_closes_connection(gateway, tls_pki):
+    """With max_connections 1, the second call of a fan-out waits for the
+    first call's connection. A TLS record that follows the first response
+    in the same segment closes that connection, and the waiting call gets
+    its own response on a new one, not the unrequested one."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(tls_pki.server), str(tls_pki.server_key))
+    context.set_alpn_protocols(["http/1.1"])
+    server = StrayServer(tls_context=context)
+    try:
+        gw = gateway({"svc": {"url": f"https://127.0.0.1:{server.port}",
+                              "ca_file": str(tls_pki.ca),
+                              "max_connections": 1}},
+                     [route("/pair", [call("a", "svc", "/split-records"),
+                                      call("b", "svc", "/own/b")],
+                            deadline_ms=3000)])
+
+        resp = gw.get("/pair")
+
+        assert resp.status == 200, resp
+        assert resp.json() == {"a": {"path": "/split-records"},
+                               "b": {"path": "/own/b"}}, resp
+        requests = server.select("request")
+        assert [r["target"] for r in requests] == ["/split-records",
+                                                   "/own/b"], requests
+        assert requests[0]["conn"] != requests[1]["conn"], requests
+    finally:
+        server.stop()

@@ -245,6 +245,16 @@ static void server_script(server_t *srv, const char *bytes, int close_after)
 }
 
 
+/* Sends |bytes| on the server side of the only open connection, outside
+ * any request. */
+static void server_send_unrequested(server_t *srv, const char *bytes)
+{
+    assert_int_equal(srv->open_conns, 1);
+    assert_non_null(srv->conns[0]);
+    server_send(srv->conns[0], bytes);
+}
+
+
 /* Scripts a reply that resets the connection instead of answering. */
 static void server_script_reset(server_t *srv)
 {
@@ -1462,6 +1472,179 @@ static void test_h1_caller_framing_fields_dropped(void **state)
 }
 
 
+/* The reply to the call that follows a case in the tests below. */
+static const char after_reply[] =
+    "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter";
+
+
+/* Runs a |method| call and checks that it succeeded with |status| and
+ * |body|. */
+static void call_expecting(fixture_t *f, result_t *r, const char *method,
+                           int status, const char *body)
+{
+    result_init(r, f, method, "/x");
+    call_and_wait(f, r);
+    assert_int_equal(r->err, 0);
+    assert_int_equal(r->call.status, status);
+    assert_int_equal(r->call.body_out.len, strlen(body));
+    if (r->call.body_out.len > 0) {
+        assert_string_equal(r->call.body_out.data, body);
+    }
+}
+
+
+/* Runs a GET, checks that it got after_reply on a new connection, the
+ * |accepted|-th of the server, then closes every connection so that the
+ * next case starts on a new one. */
+static void call_after_on_new_connection(fixture_t *f, int accepted)
+{
+    result_t after;
+
+    result_init(&after, f, "GET", "/after");
+    call_and_wait(f, &after);
+    assert_int_equal(after.err, 0);
+    assert_int_equal(after.call.status, 200);
+    assert_string_equal(after.call.body_out.data, "after");
+    assert_int_equal(f->server.accepted, accepted);
+    result_free(&after);
+    server_close_conns(&f->server);
+    run_until_no_connections(&f->loop, f->pool);
+}
+
+
+static void test_h1_unrequested_bytes_close_idle(void **state)
+{
+    fixture_t *f = *state;
+    /* Bytes that reach the idle connection after the call has ended. */
+    static const struct {
+        const char *method;
+        const char *reply;
+        const char *unrequested;
+        const char *body;
+    } cases[] = {
+        /* A server that responds to the first request twice. */
+        {"GET", "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst",
+         "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\ninjected", "first"},
+        /* Content-Length on a HEAD response gives the size a GET would
+         * get, so the response ends with its header section. The server
+         * sends that body after all. */
+        {"HEAD", "HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n",
+         "{\"ok\":true}", ""},
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        result_t r;
+
+        server_script(&f->server, cases[i].reply, 0);
+        server_script(&f->server, after_reply, 0);
+        call_expecting(f, &r, cases[i].method, 200, cases[i].body);
+        assert_int_equal(h1_pool_connections(f->pool), 1);
+
+        server_send_unrequested(&f->server, cases[i].unrequested);
+        run_until_no_connections(&f->loop, f->pool);
+        run_until(&f->loop, &f->server.eofs, (int)i + 1);
+
+        call_after_on_new_connection(f, (int)(i + 1) * 2);
+        result_free(&r);
+    }
+}
+
+
+static void test_h1_bytes_after_response_close(void **state)
+{
+    fixture_t *f = *state;
+    /* Each reply is one write, so the client reads the response and the
+     * bytes after it together. */
+    static const struct {
+        const char *method;
+        const char *reply;
+        int status;
+        const char *body;
+    } cases[] = {
+        {"GET",
+         "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"
+         "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\ninjected",
+         200, "first"},
+        {"GET",
+         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+         "5\r\nfirst\r\n0\r\n\r\nx",
+         200, "first"},
+        {"HEAD", "HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"ok\":true}",
+         200, ""},
+        {"DELETE", "HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\n{}",
+         204, ""},
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        result_t r;
+
+        server_script(&f->server, cases[i].reply, 0);
+        server_script(&f->server, after_reply, 0);
+        call_expecting(f, &r, cases[i].method, cases[i].status, cases[i].body);
+        /* Closed before on_done, so no call can be sent on it. */
+        assert_int_equal(r.conns_in_done, 0);
+
+        call_after_on_new_connection(f, (int)(i + 1) * 2);
+        result_free(&r);
+    }
+}
+
+
+/* The transport reads at most this many bytes at a time (READ_SIZE in
+ * clients/transport.c). After a read that fills the buffer, libuv reads
+ * the socket again before the loop goes on. */
+#define TRANSPORT_READ_SIZE 65536
+
+static void test_h1_bytes_after_full_read_close(void **state)
+{
+    fixture_t *f = *state;
+    pool_options_t opts = {.max_connections = 1};
+    static const char injected[] =
+        "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\ninjected";
+    static char reply[TRANSPORT_READ_SIZE + sizeof(injected)];
+    result_t a;
+    result_t b;
+
+    /* A response of exactly one read buffer, and in the same write a
+     * response that no request asked for. The client reads them in two
+     * reads of one read phase, so the first read ends exactly with the
+     * response. */
+    int head_len =
+        snprintf(reply, sizeof(reply),
+                 "HTTP/1.1 200 OK\r\nContent-Length: %5d\r\n\r\n", 0);
+    size_t body_len = TRANSPORT_READ_SIZE - (size_t)head_len;
+    assert_int_equal(snprintf(reply, sizeof(reply),
+                              "HTTP/1.1 200 OK\r\nContent-Length: %5zu\r\n\r\n",
+                              body_len),
+                     head_len);
+    memset(reply + head_len, 'a', body_len);
+    memcpy(reply + TRANSPORT_READ_SIZE, injected, sizeof(injected));
+
+    use_pool_options(f, &opts);
+    server_script(&f->server, reply, 0);
+    server_script(&f->server, "HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb",
+                  0);
+    result_init(&a, f, "GET", "/a");
+    result_init(&b, f, "GET", "/b");
+    assert_int_equal(h1_pool_submit(f->pool, &a.call), 0);
+    assert_int_equal(h1_pool_submit(f->pool, &b.call), 0);
+    assert_int_equal(b.call.phase, UPCALL_CONNECTING);
+
+    /* |b| waits in the queue while |a|'s connection is open. It must not
+     * be sent on that connection before the second read, or it would take
+     * the injected response for its own. */
+    run_until(&f->loop, &calls_finished, 2);
+    assert_int_equal(a.err, 0);
+    assert_int_equal(a.call.body_out.len, body_len);
+    assert_int_equal(b.err, 0);
+    assert_int_equal(b.call.status, 200);
+    assert_string_equal(b.call.body_out.data, "b");
+    assert_int_equal(f->server.accepted, 2);
+    result_free(&a);
+    result_free(&b);
+}
+
+
 static void test_h1_tls_handshake_timeout(void **state)
 {
     fixture_t *f = *state;
@@ -1577,6 +1760,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_h1_truncated_mid_chunk, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_h1_caller_framing_fields_dropped,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_h1_unrequested_bytes_close_idle,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_h1_bytes_after_response_close,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_h1_bytes_after_full_read_close,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_h1_tls_handshake_timeout, setup,
                                         teardown),
