@@ -24,6 +24,9 @@
 
 #define REQUEST_ID_MAX 128
 
+/* What an RFC 9110 token may contain, for messages (a printf format). */
+#define TOKEN_CHARS "only letters, digits and !#$%%&'*+-.^_`|~"
+
 /* Overload state of the whole gateway. Each worker updates it with one
  * atomic operation per request or connection, which is not a lock, so
  * max_in_flight and max_connections_inbound hold over all workers
@@ -903,9 +906,9 @@ static bool reject_raw_query(req_t *r)
 
 
 /* True when |v|, of length |n|, is a valid Host value or authority:
- * uri-host [":" port] (RFC 9110, 7.2). The host is a reg-name or an IPv4
- * address, with unreserved, percent-encoded and sub-delim characters, or
- * an IP literal in brackets; the port is a number up to 65535. */
+ * uri-host [":" port] (RFC 9110, 7.2). The host is an IP literal in
+ * brackets, or a name or IPv4 address of unreserved, percent-encoded and
+ * sub-delim characters. The port is a number up to 65535. */
 static bool host_valid(const char *v, size_t n)
 {
     static const char name_punct[] = "-._~%!$&'()*+,;=";
@@ -1058,13 +1061,13 @@ static enum MHD_Result on_inbound_field(void *cls, enum MHD_ValueKind kind,
 
 
 /* Responds 400, with the connection closed, to a head that RFC 9112 makes
- * an error: a field name that is not a token (RFC 9112, 5.1: whitespace
+ * an error. A field name must be a token (RFC 9112, 5.1): whitespace
  * before the colon hides a field that another parser may read, and
- * libmicrohttpd 0.9.75 glues a folded line onto a field name), a value
- * with a control byte (CR or LF could end a field early if the value
- * were copied onto a call, and an HTTP/2 service resets a stream that
- * carries any other), and a Host field missing from an HTTP/1.1 request
- * or given twice (RFC 9112, 3.2). */
+ * libmicrohttpd 0.9.75 glues a folded line onto a field name. A value
+ * must have no control byte: CR or LF could end a field early if the
+ * value were copied onto a call, and an HTTP/2 service resets a stream
+ * that carries any other. An HTTP/1.1 request needs exactly one valid
+ * Host field (RFC 9112, 3.2). */
 static bool reject_bad_fields(req_t *r, const char *version)
 {
     char msg[240];
@@ -1079,7 +1082,7 @@ static bool reject_bad_fields(req_t *r, const char *version)
         } else {
             snprintf(msg, sizeof(msg),
                      "invalid header field name \"%.80s\": a name may "
-                     "contain only letters, digits and !#$%%&'*+-.^_`|~",
+                     "contain " TOKEN_CHARS,
                      name);
         }
     } else if (r->unsafe_field != NULL) {
@@ -1153,8 +1156,7 @@ static bool reject_bad_method(req_t *r, const char *method)
         answer_simple(r, 501, "not_implemented", msg);
     } else {
         snprintf(msg, sizeof(msg),
-                 "invalid method \"%.40s\": a method may contain only "
-                 "letters, digits and !#$%%&'*+-.^_`|~",
+                 "invalid method \"%.40s\": a method may contain " TOKEN_CHARS,
                  printable(method));
         answer_simple(r, 400, "bad_request", msg);
     }
@@ -1235,8 +1237,9 @@ enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
             return MHD_NO;
         }
         *con_cls = r;
-        /* The framing and field checks come first: they close the
-         * connection, which a response to a bad URL alone does not. */
+        /* The method, framing and field checks come first. After them
+         * tutti closes the connection itself, whatever libmicrohttpd
+         * does after an error decided from the head. */
         const char *path = url;
         if (!reject_bad_method(r, method) &&
             !reject_ambiguous_framing(r, version) &&
