@@ -1757,7 +1757,9 @@ static void parse_call_name(parse_ctx_t *ctx, const char *path, json_t *v,
     }
     /* A 200 response with a member "error" would look like tutti's own
      * error response to a client that reads the body alone. */
-    if (strcmp(name, "errors") == 0 || strcmp(name, "error") == 0) {
+    /* Compared without case: some JSON decoders, such as Go's, match
+     * member names that way. */
+    if (strcasecmp(name, "errors") == 0 || strcasecmp(name, "error") == 0) {
         report(ctx, npath,
                "\"%s\" is reserved for tutti's error members; choose another "
                "call name",

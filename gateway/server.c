@@ -733,6 +733,10 @@ static const char *query_text_problem(const char *s)
             return "it contains a byte that is not visible ASCII; "
                    "percent-encode it";
         }
+        if (*p == '#') {
+            return "it contains \"#\"; a request target has no fragment, so "
+                   "percent-encode it as %23";
+        }
         if (*p != '%') {
             continue;
         }
@@ -796,6 +800,14 @@ static bool reject_bad_url(req_t *r, const char *url)
      * bytes through. The byte is named by its value, so the message stays
      * valid UTF-8. */
     for (const unsigned char *p = (const unsigned char *)url; *p != '\0'; p++) {
+        if (*p == '#') {
+            snprintf(msg, sizeof(msg),
+                     "invalid path: \"#\" at offset %zu; a request target "
+                     "has no fragment, so percent-encode it as %%23",
+                     (size_t)(p - (const unsigned char *)url));
+            answer_simple(r, 400, "bad_request", msg);
+            return true;
+        }
         if (*p <= 0x20 || *p >= 0x7f) {
             snprintf(msg, sizeof(msg),
                      "invalid path: byte 0x%02X at offset %zu is not visible "
@@ -906,12 +918,12 @@ static bool reject_raw_query(req_t *r)
 
 
 /* True when |v|, of length |n|, is a valid Host value or authority:
- * uri-host [":" port] (RFC 9110, 7.2). The host is an IP literal in
+ * uri-host [":" port] (RFC 9110, 7.2). The host is an IPv6 literal in
  * brackets, or a name or IPv4 address of unreserved, percent-encoded and
- * sub-delim characters. The port is a number up to 65535. */
+ * sub-delim characters (no %00). The port is a number up to 65535. */
 static bool host_valid(const char *v, size_t n)
 {
-    static const char name_punct[] = "-._~%!$&'()*+,;=";
+    static const char name_punct[] = "-._~!$&'()*+,;=";
     size_t i = 0;
     if (n > 0 && v[0] == '[') {
         while (i < n && v[i] != ']') {
@@ -922,8 +934,7 @@ static bool host_valid(const char *v, size_t n)
         }
         for (size_t k = 1; k < i; k++) {
             unsigned char c = (unsigned char)v[k];
-            if (!isalnum(c) && strchr(":.", c) == NULL &&
-                strchr(name_punct, c) == NULL) {
+            if (!isxdigit(c) && c != ':' && c != '.') {
                 return false;
             }
         }
@@ -931,7 +942,15 @@ static bool host_valid(const char *v, size_t n)
     } else {
         for (; i < n && v[i] != ':'; i++) {
             unsigned char c = (unsigned char)v[i];
-            if (!isalnum(c) && strchr(name_punct, c) == NULL) {
+            if (c == '%') {
+                int hi =
+                    i + 2 < n ? hex_digit_value((unsigned char)v[i + 1]) : -1;
+                int lo = hi < 0 ? -1 : hex_digit_value((unsigned char)v[i + 2]);
+                if (lo < 0 || (hi == 0 && lo == 0)) {
+                    return false;
+                }
+                i += 2;
+            } else if (!isalnum(c) && strchr(name_punct, c) == NULL) {
                 return false;
             }
         }
@@ -1320,7 +1339,31 @@ static void add_trace_fields(json_t *f, const trace_ctx_t *trace)
 }
 
 
-static void log_access(req_t *r)
+/* Names how libmicrohttpd ended a request other than by sending the
+ * whole response, for the access line. */
+static const char *termination_name(enum MHD_RequestTerminationCode toe)
+{
+    switch (toe) {
+    case MHD_REQUEST_TERMINATED_WITH_ERROR:
+        return "error";
+    case MHD_REQUEST_TERMINATED_TIMEOUT_REACHED:
+        return "timeout";
+    case MHD_REQUEST_TERMINATED_DAEMON_SHUTDOWN:
+        return "shutdown";
+    case MHD_REQUEST_TERMINATED_READ_ERROR:
+        return "read_error";
+    case MHD_REQUEST_TERMINATED_CLIENT_ABORT:
+        return "client_abort";
+    default:
+        return "other";
+    }
+}
+
+
+/* Writes the access line. When the response was not sent whole, the line
+ * says how the request ended ("not_sent"), so a status decided before a
+ * failed write is not taken for a delivered one. */
+static void log_access(req_t *r, enum MHD_RequestTerminationCode toe)
 {
     /* The line is built only when it is written: below the info level
      * its JSON would cost a few microseconds per request for nothing. */
@@ -1335,6 +1378,10 @@ static void log_access(req_t *r)
                   "duration_ms", (double)(now - r->start_ns) / 1e6);
     if (f != NULL) {
         add_trace_fields(f, &r->trace);
+        if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK) {
+            json_object_set_new(f, "not_sent",
+                                json_string(termination_name(toe)));
+        }
     }
     if (f != NULL && r->fo != NULL) {
         cancel_cause_t cause = fanout_cause(r->fo);
@@ -1370,7 +1417,7 @@ void server_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
             fanout_abort(r->fo, CAUSE_CLIENT_ABORT);
         }
     }
-    log_access(r);
+    log_access(r, toe);
     if (r->fo != NULL) {
         fanout_free(r->fo);
         r->fo = NULL;

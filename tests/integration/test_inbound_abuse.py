@@ -778,6 +778,8 @@ BAD_QUERIES = {
                   "percent-encode it"),
     "unused": (b"/items/1?utm=%G0", 'invalid query parameter "utm"',
                "malformed percent-encoding"),
+    "fragment": (b"/search?q=#frag", 'invalid query parameter "q"',
+                 'percent-encode it as %23'),
 }
 
 
@@ -878,13 +880,23 @@ BAD_HEADS = {
     "other-scheme": (b"GET ftp://t/items/1 HTTP/1.1\r\nHost: t\r\n",
                      'invalid request target "ftp://t/items/1"'),
     "fragment-in-host": (b"GET http://t#/items/1 HTTP/1.1\r\nHost: t\r\n",
-                         'invalid request target "http://t#/items/1"'),
+                         'invalid path: "#" at offset 8'),
     "host-syntax": (b"GET /items/1 HTTP/1.1\r\nHost: a b@c/d\r\n",
                     'invalid Host header "a b@c/d": expected HOST[:PORT]'),
     "host-empty": (b"GET /items/1 HTTP/1.1\r\nHost:\r\n",
                    'invalid Host header ""'),
     "host-port": (b"GET /items/1 HTTP/1.1\r\nHost: t:65536\r\n",
                   'invalid Host header "t:65536"'),
+    "host-literal": (b"GET /items/1 HTTP/1.1\r\nHost: [a&b]\r\n",
+                     'invalid Host header "[a&b]"'),
+    "host-escape": (b"GET /items/1 HTTP/1.1\r\nHost: a%zz\r\n",
+                    'invalid Host header "a%zz"'),
+    "host-nul": (b"GET /items/1 HTTP/1.1\r\nHost: a%00b\r\n",
+                 'invalid Host header "a%00b"'),
+    "fragment-in-path": (b"GET /search#frag?q=1 HTTP/1.1\r\nHost: t\r\n",
+                         'invalid path: "#" at offset 7'),
+    "fragment-absolute": (b"GET http://t/items/1#f HTTP/1.1\r\nHost: t\r\n",
+                          'invalid path: "#"'),
     "method-syntax": (b"G\xffT /items/1 HTTP/1.1\r\nHost: t\r\n",
                       'invalid method "(not printable)"'),
     "te-twice": (b"PUT /items/1 HTTP/1.1\r\nHost: t\r\n"
@@ -1043,4 +1055,5 @@ def test_half_closed_client_gets_no_response(gateway, faultd):
                  if line.get("msg") == "access" and line.get("path") == "/slow"]
         time.sleep(0.05)
     assert [line["status"] for line in lines] == [499], lines
+    assert "not_sent" in lines[0], lines
     assert_alive(gw)

@@ -604,6 +604,8 @@ static void test_config_reserved_error_name_and_connect(void **state)
         "for a resource",
         "gw.json: routes[1].method: method \"ABCDEFGHIJKLMNOPQ\" is longer "
         "than 15 characters",
+        "gw.json: routes[1].calls[0].name: \"Error\" is reserved for tutti's "
+        "error members; choose another call name",
         NULL,
     };
     expect_problems(
@@ -611,7 +613,7 @@ static void test_config_reserved_error_name_and_connect(void **state)
         " {'method': 'CONNECT', 'path': '/x', 'calls': [{'name': 'error',"
         "  'service': 'users', 'path': '/a', 'method': 'CONNECT'}]},"
         " {'method': 'ABCDEFGHIJKLMNOPQ', 'path': '/y', 'calls': [{'name': "
-        "'b', 'service': 'users', 'path': '/a'}]}]}",
+        "'Error', 'service': 'users', 'path': '/a'}]}]}",
         expected);
 }
 
