@@ -86,6 +86,14 @@ void buf_free(buf_t *b)
 }
 
 
+int percent_escape_value(const char *p)
+{
+    int hi = hex_digit_value((unsigned char)p[1]);
+    int lo = hi < 0 ? -1 : hex_digit_value((unsigned char)p[2]);
+    return lo < 0 ? -1 : hi << 4 | lo;
+}
+
+
 int hex_digit_value(unsigned char c)
 {
     if (c >= '0' && c <= '9') {

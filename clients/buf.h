@@ -25,4 +25,8 @@ void buf_free(buf_t *b);
 /* The value of the hexadecimal digit |c| (either case), or -1. */
 int hex_digit_value(unsigned char c);
 
+/* Decodes the percent-escape whose "%" is at |p|: returns the byte, or -1
+ * when the next two characters are not hexadecimal digits. */
+int percent_escape_value(const char *p);
+
 #endif

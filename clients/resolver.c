@@ -208,7 +208,7 @@ int resolver_new(uv_loop_t *loop, const resolver_options_t *ropts,
 /* Returns the slot of |res| for an address of SRV |priority|: the next
  * free one, or, once RESOLVER_MAX_ADDRS are kept, the one of the worst
  * priority when it is worse than |priority|; else NULL. The targets of an
- * SRV answer resolve in any order, so without the replacement the first
+ * SRV record resolve in any order, so without the replacement the first
  * addresses to arrive would fill the list and could crowd out the best
  * targets. */
 static resolver_addr_t *addr_slot(resolver_result_t *res, uint16_t priority)

@@ -459,8 +459,8 @@ static bool is_method(const char *s)
 
 
 /* Reports a "method" of a route or call that tutti cannot serve or send.
- * CONNECT asks for a tunnel to an authority, not for a resource at a path,
- * so it has no place in a route or a call. */
+ * CONNECT requests a tunnel to an authority, not a resource at a path, so
+ * it has no place in a route or a call. */
 static bool check_method(parse_ctx_t *ctx, const char *path, const char *method)
 {
     const char *mpath = path_key(ctx, path, "method");

@@ -12,7 +12,7 @@
 #include "headers.h"
 #include "template.h"
 
-/* Longest method of a route or call, in characters. */
+/* Maximum length of the method of a route or call, in characters. */
 #define CONFIG_METHOD_MAX 15
 
 typedef enum {

@@ -24,7 +24,7 @@
 
 #define REQUEST_ID_MAX 128
 
-/* What an RFC 9110 token may contain, for messages (a printf format). */
+/* Characters of an RFC 9110 token, for messages (a printf format). */
 #define TOKEN_CHARS "only letters, digits and !#$%%&'*+-.^_`|~"
 
 /* Overload state of the whole gateway. Each worker updates it with one
@@ -71,9 +71,18 @@ typedef struct client_watch_s {
     size_t query_bad_at; /* its offset in the target */
     size_t query_args;   /* arguments in the query */
     size_t query_args_allowed;
-    bool query_args_cut; /* more than the buffer holds: MHD saw none */
+    bool query_args_cut; /* too many for the buffer, so MHD got none */
     int open_handles;    /* poll and timer not yet closed */
 } client_watch_t;
+
+/* Returns the watch of |conn|, or NULL when it could not be set up. */
+static client_watch_t *connection_watch(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci != NULL ? ci->socket_context : NULL;
+}
+
 
 typedef enum {
     REQ_BODY = 0, /* reading the inbound body */
@@ -359,9 +368,7 @@ static void on_client_hangup(uv_poll_t *p, int status, int events)
  * again at once. */
 static void watch_client(req_t *r)
 {
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    client_watch_t *cw = ci != NULL ? ci->socket_context : NULL;
+    client_watch_t *cw = connection_watch(r->conn);
     if (cw == NULL) {
         return;
     }
@@ -390,7 +397,7 @@ static const char *lookup_query(void *arg, const char *name)
     memcpy(s->text, raw, n + 1);
     s->next = r->strings;
     r->strings = s;
-    /* reject_bad_url refused every value that cannot be decoded. Should
+    /* reject_bad_url rejected every value that cannot be decoded. Should
      * that check and the decoder ever disagree, the value is left out
      * rather than sent half-decoded. */
     if (template_decode(s->text, true) != 0) {
@@ -417,9 +424,7 @@ static int prepare_policy(req_t *r, headers_request_t *hr, policy_values_t *pv)
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     const struct sockaddr *peer = ci != NULL ? ci->client_addr : NULL;
-    const union MHD_ConnectionInfo *ctx =
-        MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    const client_watch_t *cw = ctx != NULL ? ctx->socket_context : NULL;
+    const client_watch_t *cw = connection_watch(r->conn);
     char own_text[64];
     const char *peer_text = cw != NULL ? cw->peer_text : own_text;
 
@@ -724,10 +729,12 @@ typedef struct query_scan_s {
 
 /* Returns what is wrong with a query argument's name or value as sent,
  * or NULL. A service must receive exactly the text the client meant, so
- * a value that cannot be decoded is refused, not passed on re-encoded. */
+ * a value that cannot be decoded is rejected, not passed on re-encoded. */
 static const char *query_text_problem(const char *s)
 {
-    /* libmicrohttpd has turned each "+" into a space already. */
+    /* libmicrohttpd has turned each "+" into a space already. A raw byte
+     * is caught earlier by server_on_uri, unless the connection has no
+     * watch (out of memory), so this check is the fallback. */
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
         if (*p < 0x20 || *p >= 0x7f) {
             return "it contains a byte that is not visible ASCII; "
@@ -740,13 +747,12 @@ static const char *query_text_problem(const char *s)
         if (*p != '%') {
             continue;
         }
-        int hi = hex_digit_value(p[1]);
-        int lo = hi < 0 ? -1 : hex_digit_value(p[2]);
-        if (lo < 0) {
+        int byte = percent_escape_value((const char *)p);
+        if (byte < 0) {
             return "malformed percent-encoding; write a literal \"%\" as "
                    "%25";
         }
-        if (hi == 0 && lo == 0) {
+        if (byte == 0) {
             return "it contains %00 (NUL), which cannot be sent to a service";
         }
         p += 2;
@@ -779,7 +785,7 @@ static enum MHD_Result on_query_argument(void *cls, enum MHD_ValueKind kind,
 /* Responds 414 when the path and query exceed max_url_bytes, and 400 when
  * the path contains a byte that is not visible ASCII or a query argument
  * cannot be decoded. A request line that does not fit in
- * max_header_bytes never gets here: MHD answers it 414 itself. */
+ * max_header_bytes never gets here: MHD responds 414 itself. */
 static bool reject_bad_url(req_t *r, const char *url)
 {
     char msg[240];
@@ -840,14 +846,6 @@ static size_t query_args_allowed(size_t max_header_bytes, size_t uri_len)
 }
 
 
-static client_watch_t *connection_watch(struct MHD_Connection *conn)
-{
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    return ci != NULL ? ci->socket_context : NULL;
-}
-
-
 void *server_on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 {
     worker_t *w = cls;
@@ -867,8 +865,8 @@ void *server_on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
         if (*p == '&') {
             cw->query_args++;
         } else if ((*p <= 0x20 || *p >= 0x7f) && cw->query_bad_byte < 0) {
-            /* libmicrohttpd turns "+" into a space before tutti sees the
-             * arguments, so a raw space is caught here. */
+            /* libmicrohttpd turns "+" into a space before the access
+             * handler runs, so a raw space can only be caught here. */
             cw->query_bad_byte = *p;
             cw->query_bad_at = (size_t)(p - (const unsigned char *)uri);
         }
@@ -887,10 +885,10 @@ void *server_on_uri(void *cls, const char *uri, struct MHD_Connection *conn)
 
 
 /* Responds 400 to a raw byte in the query, and 414 to a query with more
- * arguments than the connection's buffer holds (see server_on_uri). */
-static bool reject_raw_query(req_t *r)
+ * arguments than the connection's buffer has room for, as server_on_uri
+ * noted them on |cw|. */
+static bool reject_raw_query(req_t *r, const client_watch_t *cw)
 {
-    const client_watch_t *cw = connection_watch(r->conn);
     char msg[240];
     if (cw == NULL) {
         return false;
@@ -943,10 +941,7 @@ static bool host_valid(const char *v, size_t n)
         for (; i < n && v[i] != ':'; i++) {
             unsigned char c = (unsigned char)v[i];
             if (c == '%') {
-                int hi =
-                    i + 2 < n ? hex_digit_value((unsigned char)v[i + 1]) : -1;
-                int lo = hi < 0 ? -1 : hex_digit_value((unsigned char)v[i + 2]);
-                if (lo < 0 || (hi == 0 && lo == 0)) {
+                if (i + 2 >= n || percent_escape_value(v + i) <= 0) {
                     return false;
                 }
                 i += 2;
@@ -979,7 +974,7 @@ static bool host_valid(const char *v, size_t n)
  * without its query. The origin form "/items/1" is the path itself. The
  * absolute form "http://host/items/1", which RFC 9112, 3.2.2 obliges a
  * server to accept, gives its path ("/" when it has none), and its host
- * stands for the Host field. Any other form, such as "*", gets 400. */
+ * replaces the Host field. Any other form, such as "*", gets 400. */
 static bool reject_bad_target(req_t *r, const char *url, const char **path)
 {
     *path = url;
@@ -1020,23 +1015,6 @@ static bool reject_bad_target(req_t *r, const char *url, const char **path)
 }
 
 
-/* True when |s| is an RFC 9110 token, the syntax of a field name. */
-static bool is_token(const char *s)
-{
-    if (*s == '\0') {
-        return false;
-    }
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
-              (*p >= '0' && *p <= '9') ||
-              strchr("!#$%&'*+-.^_`|~", *p) != NULL)) {
-            return false;
-        }
-    }
-    return true;
-}
-
-
 /* MHD_KeyValueIteratorN over the request headers: records each field,
  * counts the Host fields and notes the first field whose name is not a
  * token or whose value contains a control byte other than tab.
@@ -1051,7 +1029,7 @@ static enum MHD_Result on_inbound_field(void *cls, enum MHD_ValueKind kind,
         value = "";
         value_size = 0;
     }
-    if (r->bad_name == NULL && !is_token(key)) {
+    if (r->bad_name == NULL && !headers_is_token(key)) {
         r->bad_name = key;
     }
     if (strcasecmp(key, MHD_HTTP_HEADER_HOST) == 0) {
@@ -1135,7 +1113,7 @@ static bool reject_bad_fields(req_t *r, const char *version)
 
 /* Returns a copy of the request target |url| for logs and /debug/inflight,
  * with each byte that is not visible ASCII percent-encoded, so that a log
- * line stays valid UTF-8 (such a target is refused with 400 anyway). */
+ * line stays valid UTF-8 (such a target is rejected with 400 anyway). */
 static char *log_safe_copy(const char *url)
 {
     size_t n = 0;
@@ -1195,13 +1173,14 @@ static req_t *req_new(worker_t *w, struct MHD_Connection *conn, const char *url,
     r->conn = conn;
     r->start_ns = uv_hrtime();
     r->path = log_safe_copy(url);
-    /* A method that is not a token or does not fit is refused
-     * (reject_bad_method); "-" stands for it in logs and metrics. */
+    /* reject_bad_method rejects a method that is not a token or does not
+     * fit, and logs and metrics show "-" for it. */
     size_t method_len = strlen(method);
-    if (is_token(method) && method_len < sizeof(r->method)) {
+    bool token = headers_is_token(method);
+    if (token && method_len < sizeof(r->method)) {
         memcpy(r->method, method, method_len + 1);
     } else {
-        r->bad_method = is_token(method) ? BAD_METHOD_LONG : BAD_METHOD_SYNTAX;
+        r->bad_method = token ? BAD_METHOD_LONG : BAD_METHOD_SYNTAX;
         strcpy(r->method, "-");
     }
     set_request_id(r);
@@ -1228,10 +1207,9 @@ static req_t *req_new(worker_t *w, struct MHD_Connection *conn, const char *url,
  * head and the body together. */
 static void mark_request_received(struct MHD_Connection *conn)
 {
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    if (ci != NULL && ci->socket_context != NULL) {
-        ((client_watch_t *)ci->socket_context)->in_request = true;
+    client_watch_t *cw = connection_watch(conn);
+    if (cw != NULL) {
+        cw->in_request = true;
     }
 }
 
@@ -1263,7 +1241,7 @@ enum MHD_Result server_on_request(void *cls, struct MHD_Connection *conn,
         if (!reject_bad_method(r, method) &&
             !reject_ambiguous_framing(r, version) &&
             !reject_bad_fields(r, version) && admit_request(r) &&
-            !reject_raw_query(r) && !reject_bad_url(r, url) &&
+            !reject_raw_query(r, cw) && !reject_bad_url(r, url) &&
             !reject_bad_target(r, url, &path)) {
             route_request(r, path);
         }
@@ -1361,8 +1339,8 @@ static const char *termination_name(enum MHD_RequestTerminationCode toe)
 
 
 /* Writes the access line. When the response was not sent whole, the line
- * says how the request ended ("not_sent"), so a status decided before a
- * failed write is not taken for a delivered one. */
+ * records how the request ended in "not_sent", so that a status decided
+ * before a failed write is not taken for a delivered one. */
 static void log_access(req_t *r, enum MHD_RequestTerminationCode toe)
 {
     /* The line is built only when it is written: below the info level
@@ -1433,9 +1411,7 @@ void server_on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     unwatch_client(r);
     req_free(r);
-    const union MHD_ConnectionInfo *ci =
-        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    client_watch_t *cw = ci != NULL ? ci->socket_context : NULL;
+    client_watch_t *cw = connection_watch(conn);
     if (cw != NULL) {
         cw->in_request = false;
         cw->head_since_ns = uv_hrtime();

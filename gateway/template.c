@@ -426,15 +426,11 @@ int template_decode(char *s, bool plus)
             *w++ = *r;
             continue;
         }
-        int hi = hex_digit_value((unsigned char)r[1]);
-        int lo = hi < 0 ? -1 : hex_digit_value((unsigned char)r[2]);
-        if (lo < 0) {
+        int byte = percent_escape_value(r);
+        if (byte <= 0) {
             return TE_INVALID;
         }
-        if (hi == 0 && lo == 0) {
-            return TE_INVALID;
-        }
-        *w++ = (char)(hi << 4 | lo);
+        *w++ = (char)byte;
         r += 2;
     }
     *w = '\0';

@@ -115,8 +115,9 @@ def test_srv_best_target_kept_past_address_cap(gateway, dns_server,
     target's address still replaces one of theirs, so every call goes to
     it."""
     best = start_faultd("best")
-    # dnsmasq answers its SRV records in the reverse order of its options,
-    # so the best target comes last and its lookup ends after the others.
+    # dnsmasq 2.90 returns its SRV records in the reverse order of its
+    # options (checked by hand), so the best target comes last and its
+    # lookup ends after the others.
     records = [srv_record("_http._tcp.many.test", "best.test", best.port,
                           priority=10),
                host_record("best.test", "127.0.0.1")]
@@ -124,7 +125,7 @@ def test_srv_best_target_kept_past_address_cap(gateway, dns_server,
         name = f"backup{b}.test"
         records.append(srv_record("_http._tcp.many.test", name, best.port,
                                   priority=20))
-        # 22 addresses per name (66 in all) fit in one UDP answer each.
+        # 22 addresses per name (66 in all) fit in one UDP response each.
         records += [host_record(name, f"127.2.{b}.{i + 1}")
                     for i in range(22)]
     dns = dns_server(records)
